@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # the variables are used by the scripts that source this
 # Shared by .ci/run and scripts/test-unprivileged; sourced, not run.
 
 # The README's two commands, verbatim: .ci/run fails at once if README.md no
