@@ -234,9 +234,15 @@ class Container(multiprocessing.Process):
                 os.dup2(src, fd)  # dup2'd fd is inheritable: an exec'd program keeps it
             if owned:
                 os.close(src)
+            # Rebind sys.std* to the new fds: multiprocessing replaced sys.stdin
+            # with /dev/null, and a test runner's sys.stdout may not write to fd 1.
+            # The new streams live as long as the child (hence the noqa).
             if fd == 0:
-                # multiprocessing's _bootstrap replaced sys.stdin with /dev/null.
-                sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives as long as the child
+                sys.stdin = open(0, closefd=False)  # noqa: SIM115
+            elif fd == 1:
+                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+            else:
+                sys.stderr = open(2, "w", closefd=False, errors="backslashreplace")  # noqa: SIM115
 
     def chroot(self) -> None:
         """``chdir(rootdir)`` then ``chroot(rootdir)``, if a root is set."""
