@@ -41,7 +41,7 @@ import os
 import sys
 import traceback
 from multiprocessing import popen_fork, util
-from typing import Any, Protocol
+from typing import Any
 
 from . import idmap
 from ._errors import SpawnError
@@ -112,12 +112,6 @@ __all__ = [
     "STACK_SIZE",
     "Clone",
 ]
-
-
-class ProcessLike(Protocol):
-    """What ``Clone`` needs of its process object (a ``multiprocessing.Process``)."""
-
-    def _bootstrap(self, parent_sentinel: int | None = None) -> int: ...
 
 
 def _close_fd(fd: int) -> None:
