@@ -1,6 +1,6 @@
 """aiospaces: an asyncio-native supervisor for processes in Linux namespaces.
 
->>> import asyncio, aiospaces
+>>> import asyncio, os, aiospaces
 >>> async def main() -> int:
 ...     child = await aiospaces.spawn(os.getpid, aiospaces.CLONE_NEWUSER | aiospaces.CLONE_NEWPID)
 ...     return await child.result()
@@ -49,6 +49,7 @@ from ._linux.constants import (
     SIGKILL,
     STACK_SIZE,
 )
+from ._spawn import Child, RemoteTraceback, spawn
 
 __version__ = "0.1.0"
 
@@ -83,12 +84,15 @@ __all__ = [
     "SIGCHLD",
     "SIGKILL",
     "STACK_SIZE",
+    "Child",
     "ChildError",
     "ChildExited",
     "ChildFailed",
     "ChildKilled",
     "ChildLost",
     "NamespaceUnavailable",
+    "RemoteTraceback",
     "SpawnError",
     "__version__",
+    "spawn",
 ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import signal as _signal
 
 __all__ = [
     "ChildError",
@@ -140,8 +141,6 @@ class ChildKilled(ChildFailed):
     """
 
     def __init__(self, returncode: int, reason: str = "signal") -> None:
-        import signal as _signal
-
         self.returncode = returncode
         self.signal = -returncode
         self.reason = reason

@@ -140,9 +140,9 @@ class IdMap:
 
 
 def _check_overlap(ranges: tuple[IdRange, ...], side: Literal["inside", "outside"]) -> None:
-    spans = sorted((getattr(r, side), r) for r in ranges)
-    for (start_a, a), (start_b, b) in itertools.pairwise(spans):
-        if start_b < start_a + a.count:
+    spans = sorted(ranges, key=lambda r: int(getattr(r, side)))
+    for a, b in itertools.pairwise(spans):
+        if getattr(b, side) < getattr(a, side) + a.count:
             raise ValueError(f"{side} ranges overlap: {a.line()!r} and {b.line()!r}")
 
 

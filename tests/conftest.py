@@ -140,8 +140,7 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         problems.append(f"children left behind: {describe(kids)}")
     if fds:
         problems.append(
-            "fds left open: "
-            + ", ".join(f"{fd}->{_readlink(fd)}" for fd in sorted(fds))
+            "fds left open: " + ", ".join(f"{fd}->{_readlink(fd)}" for fd in sorted(fds))
         )
     if problems:
         pytest.fail("; ".join(problems))

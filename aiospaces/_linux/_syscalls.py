@@ -11,7 +11,7 @@ import ctypes
 import errno
 import os
 import signal
-from typing import Final
+from typing import Any, Final
 
 from . import constants as C
 
@@ -168,26 +168,34 @@ def waitid_pidfd(pidfd: int, *, block: bool = False) -> int | None:
     return -int(res.si_status)
 
 
+def _bind(lib: ctypes.CDLL, name: str, *argtypes: type) -> Any:
+    # argtypes set once: calls then take plain ints, and no ctypes objects are
+    # built per call (in a fresh child every object written is a page copied).
+    fn = getattr(lib, name)
+    fn.argtypes = list(argtypes)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_unshare = _bind(_libc, "unshare", ctypes.c_int)
+_setns = _bind(_libc, "setns", ctypes.c_int, ctypes.c_int)
+_UL = ctypes.c_ulong
+_prctl = _bind(_libc_gil, "prctl", ctypes.c_int, _UL, _UL, _UL, _UL)
+
+
 def unshare(flags: int) -> None:
     """``unshare(2)``."""
-    _check(_libc.unshare, ctypes.c_int(flags))
+    _check(_unshare, flags)
 
 
 def setns(fd: int, nstype: int = 0) -> None:
     """``setns(2)``: ``fd`` is a namespace file or (5.8+) a pidfd."""
-    _check(_libc.setns, ctypes.c_int(fd), ctypes.c_int(nstype))
+    _check(_setns, fd, nstype)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    """``prctl(2)``."""
-    return _check(
-        _libc.prctl,
-        ctypes.c_int(option),
-        ctypes.c_ulong(arg2),
-        ctypes.c_ulong(arg3),
-        ctypes.c_ulong(arg4),
-        ctypes.c_ulong(arg5),
-    )
+    """``prctl(2)`` (never blocks, so it keeps the GIL: cheaper in a fresh child)."""
+    return _check(_prctl, option, arg2, arg3, arg4, arg5)
 
 
 def set_pdeathsig(sig: int) -> None:

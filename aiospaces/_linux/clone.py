@@ -26,7 +26,9 @@ def validate_flags(flags: object, *, field: str = "flags") -> int:
         try:
             flags = operator.index(flags)  # type: ignore[arg-type]
         except TypeError:
-            raise TypeError(f"{field} must be an int of CLONE_* flags, not {type(flags).__name__}") from None
+            raise TypeError(
+                f"{field} must be an int of CLONE_* flags, not {type(flags).__name__}"
+            ) from None
     if flags < 0:
         raise ValueError(f"{field} must not be negative")
     if flags & C.CSIGNAL & ~C.CLONE_NEWTIME:

@@ -40,7 +40,9 @@ def userns_hint() -> str:
     """Why user namespaces may be refused on this host, and the fix."""
     hints = []
     if _read("/proc/sys/kernel/unprivileged_userns_clone") == "0":
-        hints.append("kernel.unprivileged_userns_clone is 0: `sysctl -w kernel.unprivileged_userns_clone=1`")
+        hints.append(
+            "kernel.unprivileged_userns_clone is 0: `sysctl -w kernel.unprivileged_userns_clone=1`"
+        )
     if _read("/proc/sys/user/max_user_namespaces") == "0":
         hints.append("user.max_user_namespaces is 0: `sysctl -w user.max_user_namespaces=15000`")
     if _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
