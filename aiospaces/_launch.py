@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal
 
 from . import _child, _frames
@@ -32,6 +32,9 @@ from ._errors import ChildLost, SpawnError
 from ._linux import clone_child
 from ._watcher import Channel, ExitWatch
 from .idmap import MapPlan, write_maps_async
+
+ParentStep = Callable[[int], Awaitable[None]]
+"""A parent-side setup step: ``await step(pid)`` before the child's "go"."""
 
 StartedOn = Literal["go", "R", "EOF"]
 """When the parent counts the child as started: right after sending "go"
@@ -225,9 +228,17 @@ async def launch(
     body: Callable[[int], int],
     *,
     maps: MapPlan | None = None,
+    parent_steps: Sequence[ParentStep] = (),
     started_on: StartedOn = "R",
+    cgroup_fd: int = -1,
 ) -> Launched:
-    """Clone, run the parent-side steps, release the child, await its start."""
+    """Clone, run the parent-side steps, release the child, await its start.
+
+    ``parent_steps`` run in order after the id maps are written and before
+    the child gets its "go" (cgroup attach, network plumbing); each is
+    ``await step(pid)`` and raises to abort the spawn. ``cgroup_fd`` starts
+    the child inside that cgroup v2 directory (``CLONE_INTO_CGROUP``).
+    """
     loop = asyncio.get_running_loop()
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     psock, csock = parent_sock.detach(), child_sock.detach()
@@ -243,7 +254,7 @@ async def launch(
     held = _child.hold_signals(sigplan)
     me = os.getpid()
     try:
-        pid, pidfd = clone_child(flags)
+        pid, pidfd = clone_child(flags, cgroup_fd=cgroup_fd)
     except BaseException:
         if os.getpid() != me:
             # An exception in the fresh child before child_main (a signal
@@ -275,6 +286,8 @@ async def launch(
     try:
         if maps is not None:
             await write_maps_async(pid, maps)
+        for step in parent_steps:
+            await step(pid)
         child.channel.send(_frames.GO)
         if started_on == "go":
             child._set_started()
