@@ -439,3 +439,37 @@ def test_at_fork_hooks_run_as_for_os_fork() -> None:
 def test_remote_traceback_pickles() -> None:
     rt = aiospaces.RemoteTraceback("tb text")
     assert str(pickle.loads(pickle.dumps(rt))) == "tb text"
+
+
+def test_compiled_clone_helper_is_built() -> None:
+    # The ctypes fallback can hang a child of a multithreaded parent (see
+    # aiospaces/_linux/_forkmodule.c); installs from this repo must build it.
+    from aiospaces._linux import _syscalls
+
+    if os.environ.get("AIOSPACES_ALLOW_NO_C_FORK") == "1":
+        pytest.skip("AIOSPACES_ALLOW_NO_C_FORK=1: testing the ctypes fallback")
+    assert _syscalls.HAVE_C_FORK
+
+
+async def test_regression_gil_drop_request_does_not_hang_children() -> None:
+    # A child cloned while another thread waited for the GIL used to inherit
+    # the drop request and block forever in drop_gil() before reaching
+    # PyOS_AfterFork_Child (only through the ctypes path).
+    stop = threading.Event()
+
+    def busy() -> None:
+        x = 0
+        while not stop.is_set():
+            x += 1
+
+    threads = [threading.Thread(target=busy) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(60):
+            child = await spawn(sum, args=(range(1000),))
+            assert await asyncio.wait_for(child.result(), 10) == 499500
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()

@@ -11,6 +11,7 @@ import ctypes
 import errno
 import os
 import signal
+import time
 from typing import Any, Final
 
 from . import constants as C
@@ -18,6 +19,14 @@ from . import constants as C
 # CDLL drops the GIL around each call; PyDLL keeps it held, which clone3
 # needs: the interpreter must not run another thread between PyOS_BeforeFork
 # and the syscall (os.fork() holds the GIL the same way).
+try:
+    from . import _fork as _cfork
+except ImportError:  # built without a C compiler: the ctypes path below
+    _cfork = None  # type: ignore[assignment]
+
+HAVE_C_FORK: Final = _cfork is not None
+"""True when clone3 runs through the compiled helper (the safe path)."""
+
 _libc: Final = ctypes.CDLL(None, use_errno=True)
 _libc_gil: Final = ctypes.PyDLL(None, use_errno=True)
 _pyapi: Final = ctypes.pythonapi
@@ -80,6 +89,18 @@ def clone3(flags: int, *, exit_signal: int = C.SIGCHLD, cgroup_fd: int = -1) -> 
     pidfd is close-on-exec. Needs Linux 5.3 (5.7 for ``cgroup_fd``).
     Raises ``OSError`` with the kernel's errno (ENOSYS: no clone3).
     """
+    if _cfork is not None:
+        return _cfork.clone3(flags, exit_signal, cgroup_fd)
+    return _clone3_ctypes(flags, exit_signal, cgroup_fd)
+
+
+def _clone3_ctypes(flags: int, exit_signal: int, cgroup_fd: int) -> tuple[int, int]:
+    # Fallback when the C helper was not built. Between the syscall and
+    # PyOS_AfterFork_Child a few bytecodes run in the child; if another
+    # thread had asked for the GIL (a drop request) before the clone, the
+    # child would wait for it forever. Yielding the GIL first resets the
+    # request: the window is then the few microseconds up to the syscall.
+    _yield_gil()
     pidfd = ctypes.c_int(-1)
     args = CloneArgs()
     args.flags = flags | C.CLONE_PIDFD
@@ -108,6 +129,9 @@ def clone_legacy(flags: int, *, exit_signal: int = C.SIGCHLD) -> tuple[int, int]
     Same contract as :func:`clone3`. Cannot express ``CLONE_NEWTIME`` or the
     64-bit flags; callers check that first.
     """
+    if _cfork is not None:
+        return _cfork.clone_legacy(flags, exit_signal)
+    _yield_gil()
     pidfd = ctypes.c_int(-1)
     word = (flags & 0xFFFFFF00) | C.CLONE_PIDFD | (exit_signal & C.CSIGNAL)
     ptid = ctypes.addressof(pidfd)
@@ -132,6 +156,11 @@ def clone_legacy(flags: int, *, exit_signal: int = C.SIGCHLD) -> tuple[int, int]
     if pid < 0:
         _raise(err)
     return pid, pidfd.value
+
+
+def _yield_gil() -> None:
+    if len(os.listdir("/proc/self/task")) > 1:
+        time.sleep(0)
 
 
 def pidfd_open(pid: int) -> int:
