@@ -9,6 +9,8 @@ One ``AF_UNIX`` stream socket per child carries, in order: the parent's
 ``V``  ``fn``'s return value, pickled
 ``X``  ``fn``'s exception and formatted traceback, pickled
 ``T``  the value or exception could not be pickled: a JSON record
+``S``  exec mode's pid-namespace init: the program's returncode (``!i``;
+       ``-N`` = killed by signal N), sent just before the init exits
 
 Setup records are JSON, never pickles, so a failing child cannot make the
 parent run code while it is still being set up. ``V``/``X`` payloads are
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 GO = b"G"
 HEADER = struct.Struct("!cQ")
-FRAME_TYPES = frozenset(b"REVXT")
+FRAME_TYPES = frozenset(b"REVXTS")
 # A setup record or text record is small; anything larger is a broken child.
 MAX_RECORD = 1 << 20
 
@@ -118,7 +120,7 @@ class FrameReader:
                 if raw_kind[0] not in FRAME_TYPES:
                     raise ProtocolError(f"unknown frame type {raw_kind!r} from the child")
                 self._kind = raw_kind.decode()
-                if self._kind in "ETR" and length > MAX_RECORD:
+                if self._kind in "ETRS" and length > MAX_RECORD:
                     raise ProtocolError(f"oversized {self._kind!r} record ({length} bytes)")
                 self._need = length
                 self._chunks = []
@@ -136,7 +138,14 @@ class FrameReader:
 
 def write_all(fd: int, data: bytes) -> None:
     """Blocking write of all of ``data`` (child side)."""
-    view = memoryview(data)
+    n = 0
+    try:
+        n = os.write(fd, data)
+        if n == len(data):  # the common case: one write
+            return
+    except InterruptedError:  # pragma: no cover - PEP 475
+        pass
+    view = memoryview(data)[n:]
     while view:
         try:
             n = os.write(fd, view)

@@ -8,12 +8,12 @@ back pickled over the child's channel.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import operator
 import os
 import pickle
 import signal
 import traceback
+import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -27,6 +27,7 @@ from ._linux import validate_flags
 from .idmap import MapPlan, MapSpec, plan_maps
 
 T = TypeVar("T")
+_CoroutineType = types.CoroutineType
 
 __all__ = ["Child", "RemoteTraceback", "spawn"]
 
@@ -67,7 +68,9 @@ def _fn_body(
             _frames.write_all(sock, _frames.RUNNING)
         try:
             value = fn(*args, **kwargs)
-            if inspect.isawaitable(value):
+            # Not inspect.isawaitable: its ABC check writes caches, and in a
+            # fresh child every page written is a copy-on-write fault.
+            if type(value) is _CoroutineType or hasattr(type(value), "__await__"):
                 value = asyncio.run(_await(value))
         except SystemExit as exc:
             return _exit_code(exc.code)

@@ -228,8 +228,12 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
 
 
 def set_pdeathsig(sig: int) -> None:
-    """Have the kernel send ``sig`` when the creating thread exits."""
-    prctl(C.PR_SET_PDEATHSIG, sig)
+    """Have the kernel send ``sig`` when the creating thread exits.
+
+    Called first thing in every fresh child: kept to one ctypes call.
+    """
+    if _prctl(C.PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+        _raise(ctypes.get_errno())
 
 
 def mount(
