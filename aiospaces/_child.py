@@ -121,7 +121,7 @@ def hold_signals(plan: SignalPlan) -> set[int | signal.Signals] | None:
 
 def release_signals(old: set[int | signal.Signals] | None) -> None:
     if old is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _signal.pthread_sigmask(_SIG_SETMASK, old)
 
 
 def _reset_signals(plan: SignalPlan) -> None:

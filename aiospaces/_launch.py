@@ -31,7 +31,7 @@ from . import _child, _frames
 from ._errors import ChildLost, SpawnError
 from ._linux import clone_child
 from ._watcher import Channel, ExitWatch
-from .idmap import MapPlan, write_maps_async
+from .idmap import MapPlan, write_maps, write_maps_async
 
 ParentStep = Callable[[int], Awaitable[None]]
 """A parent-side setup step: ``await step(pid)`` before the child's "go"."""
@@ -90,9 +90,18 @@ class Launched:
         self.channel = Channel(loop, sock, self._on_frame, self._on_eof)
 
     def attach(self, pid: int, pidfd: int) -> None:
-        """The clone happened: watch the child's pidfd."""
+        """The clone happened: own the child's pidfd (watched from :meth:`go`)."""
         self.pid = pid
         self.exit.arm(pid, pidfd)
+
+    def go(self) -> None:
+        """Release the child, then watch its pidfd.
+
+        In this order because the child waits for "go": what the parent does
+        before sending it is on the critical path of every spawn.
+        """
+        self.channel.send(_frames.GO)
+        self.exit.watch()
 
     # -- frames -------------------------------------------------------------
     def _on_frame(self, frame: _frames.Frame) -> None:
@@ -176,6 +185,7 @@ class Launched:
         """SIGKILL, then wait until reaped — even if cancelled meanwhile."""
         with contextlib.suppress(ProcessLookupError):
             self.send_signal(signal.SIGKILL)
+        self.exit.watch()
         cancelled = 0
         while not self.done.done():
             try:
@@ -269,26 +279,18 @@ async def launch(
             _child.child_main(csock, psock, plan, sigplan, body)
         finally:
             os._exit(_child.EXIT_SETUP_FAILED)
-    _child.release_signals(held)
+    child.attach(pid, pidfd)
     os.close(csock)
-    try:
-        child.attach(pid, pidfd)
-    except BaseException:
-        # Could not even watch it: kill and reap synchronously.
-        with contextlib.suppress(OSError):
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            # Blocking on purpose: it was just SIGKILLed and nothing watches it.
-            os.waitid(os.P_PIDFD, pidfd, os.WEXITED)  # noqa: ASYNC222
-        os.close(pidfd)
-        child.channel.close()
-        raise
+    _child.release_signals(held)
     try:
         if maps is not None:
-            await write_maps_async(pid, maps)
+            if maps.use_helpers:
+                await write_maps_async(pid, maps)
+            else:  # a few /proc writes: no coroutine, no loop round trip
+                write_maps(pid, maps)
         for step in parent_steps:
             await step(pid)
-        child.channel.send(_frames.GO)
+        child.go()
         if started_on == "go":
             child._set_started()
         await child.started

@@ -30,7 +30,7 @@ class ExitWatch:
     Closing follows a fixed order: unregister, close the pidfd, then report.
     """
 
-    __slots__ = ("_loop", "_on_exit", "pid", "pidfd")
+    __slots__ = ("_loop", "_on_exit", "_watching", "pid", "pidfd")
 
     def __init__(
         self,
@@ -42,13 +42,19 @@ class ExitWatch:
         self._loop = loop
         self.pid = 0
         self.pidfd = -1
+        self._watching = False
         self._on_exit = on_exit
 
     def arm(self, pid: int, pidfd: int) -> None:
-        """Start watching ``pidfd`` (takes ownership of it)."""
+        """Take ownership of ``pidfd``; :meth:`watch` starts the watching."""
         self.pid = pid
         self.pidfd = pidfd
-        self._loop.add_reader(pidfd, self._ready)
+
+    def watch(self) -> None:
+        """Register the pidfd with the loop (idempotent)."""
+        if self.pidfd >= 0 and not self._watching:
+            self._watching = True
+            self._loop.add_reader(self.pidfd, self._ready)
 
     def _ready(self) -> None:
         try:
@@ -63,8 +69,9 @@ class ExitWatch:
         fd, self.pidfd = self.pidfd, -1
         if fd < 0:
             return
-        with contextlib.suppress(Exception):
-            self._loop.remove_reader(fd)
+        if self._watching:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(fd)
         os.close(fd)
         self._on_exit(rc)
 
