@@ -11,8 +11,6 @@ One ``AF_UNIX`` stream socket per child carries, in order: the parent's
 ``T``  the value or exception could not be pickled: a JSON record
 ``S``  exec mode's pid-namespace init: the program's returncode (``!i``;
        ``-N`` = killed by signal N), sent just before the init exits
-``S``  exec mode's pid-namespace init: the program's returncode (``!i``;
-       ``-N`` = killed by signal N), sent just before the init exits
 
 Setup records are JSON, never pickles, so a failing child cannot make the
 parent run code while it is still being set up. ``V``/``X`` payloads are
