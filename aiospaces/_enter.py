@@ -218,8 +218,9 @@ def relay(pidfd: int, keep: tuple[int, ...] = ()) -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         for s in _RELAYED:
             signal.signal(s, signal.SIG_DFL)
-        signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
         os.kill(os.getpid(), sig)
         os._exit(128 + sig)
     finally:

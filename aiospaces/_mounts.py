@@ -377,9 +377,7 @@ class DevStep:
             _ensure_file(path, where)
             M.mount(OLDROOT + b"/dev/" + node, path, None, C.MS_BIND, None, where)
         os.mkdir(dev + b"/shm", 0o1777)
-        M.mount(
-            b"tmpfs", dev + b"/shm", b"tmpfs", C.MS_NOSUID | C.MS_NODEV, b"mode=1777", where
-        )
+        M.mount(b"tmpfs", dev + b"/shm", b"tmpfs", C.MS_NOSUID | C.MS_NODEV, b"mode=1777", where)
         os.mkdir(dev + b"/pts", 0o755)
         try:
             M.mount(
@@ -484,7 +482,9 @@ def mount_steps(mounts: tuple[Mount, ...]) -> tuple[object, ...]:
             src, is_dir = _source(m.src)
             ro = " (read-only)" if m.readonly else ""
             steps.append(
-                BindStep(src, _staged(m.dst), m.dst, is_dir, m.readonly, f"bind {m.src} {m.dst}{ro}")
+                BindStep(
+                    src, _staged(m.dst), m.dst, is_dir, m.readonly, f"bind {m.src} {m.dst}{ro}"
+                )
             )
         elif isinstance(m, Tmpfs):
             steps.append(

@@ -23,8 +23,10 @@ made, the parent deletes the host end itself.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import importlib
 import ipaddress
 import itertools
 import os
@@ -32,7 +34,7 @@ import re
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from ._errors import SpawnError
 from ._linux import _mountapi as M
@@ -175,7 +177,7 @@ def veth_inside_step(v: Veth) -> VethInside:
 
 def have_pyroute2() -> bool:
     try:
-        import pyroute2  # noqa: F401, PLC0415
+        importlib.import_module("pyroute2")
     except ImportError:
         return False
     return True
@@ -194,13 +196,14 @@ class VethPlumbing:
     host_ifname: str
 
     async def __call__(self, pid: int) -> None:
-        from pyroute2 import AsyncIPRoute  # noqa: PLC0415 - the optional extra
-        from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+        # The optional extra, untyped: imported by name so mypy needs no stubs.
+        pyroute2: Any = importlib.import_module("pyroute2")
+        NetlinkError: Any = importlib.import_module("pyroute2.netlink.exceptions").NetlinkError
 
         host = ipaddress.IPv4Interface(self.veth.host_address)
         step = f"veth {self.host_ifname}"
         created = False
-        ipr: Any = AsyncIPRoute()
+        ipr: Any = pyroute2.AsyncIPRoute()
         try:
             try:
                 await ipr.link(
@@ -225,10 +228,9 @@ class VethPlumbing:
                 raise SpawnError(code, os.strerror(code), self.host_ifname, step=step) from exc
         except BaseException:
             if created:
-                try:
+                # The pair may be gone with the child's namespace already.
+                with contextlib.suppress(Exception):
                     await ipr.link("del", ifname=self.host_ifname)
-                except Exception:  # the namespace may be gone with the child already
-                    pass
             raise
         finally:
             ipr.close()

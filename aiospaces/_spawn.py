@@ -25,6 +25,7 @@ from ._launch import Launched, launch
 from ._linux import constants as C
 from ._linux import validate_flags
 from .idmap import MapPlan, MapSpec, plan_maps
+from .sandbox import Sandbox
 
 T = TypeVar("T")
 _CoroutineType = types.CoroutineType
@@ -314,6 +315,7 @@ async def spawn(
     pass_fds: Iterable[int] = (),
     close_fds: bool = True,
     die_with_parent: bool = True,
+    sandbox: Sandbox | None = None,
 ) -> Child[T]:
     """Run ``fn(*args, **kwargs)`` in a child created with ``flags``.
 
@@ -324,6 +326,10 @@ async def spawn(
 
     The child keeps only fds 0, 1, 2 and ``pass_fds`` (``close_fds=True``)
     and dies with the thread that spawned it (``die_with_parent=True``).
+
+    ``sandbox`` is a full isolation spec (:class:`~aiospaces.Sandbox`:
+    mounts, hostname, network, ids, entering another process' namespaces);
+    ``flags`` then add namespaces to it, and the maps go in the Sandbox.
 
     Cancellation: cancelling ``spawn()`` at any point kills the child
     through its pidfd, waits until it is reaped, closes its fds, and
@@ -344,9 +350,16 @@ async def spawn(
     elif not isinstance(kwargs, Mapping):
         raise TypeError(f"kwargs must be a mapping, not {type(kwargs).__name__}")
     fds = check_pass_fds(pass_fds)
+    check_bool(die_with_parent, "die_with_parent")
+    check_bool(close_fds, "close_fds")
+    if sandbox is not None:
+        return await _spawn_sandboxed(
+            sandbox, fn, flags, args, kwargs, (uid_map, gid_map, map_zero), fds,
+            close_fds, die_with_parent,
+        )  # fmt: skip
     plan = ChildPlan(
-        die_with_parent=check_bool(die_with_parent, "die_with_parent"),
-        close_fds=check_bool(close_fds, "close_fds"),
+        die_with_parent=die_with_parent,
+        close_fds=close_fds,
         pass_fds=fds,
         new_pidns=bool(flags & C.CLONE_NEWPID),
         pid1_handlers=bool(flags & C.CLONE_NEWPID),
@@ -358,4 +371,46 @@ async def spawn(
     wait_running = bool(plan.steps)
     body = _fn_body(fn, args, dict(kwargs), wait_running)
     core = await launch(flags, plan, body, maps=maps, started_on="R" if wait_running else "go")
+    return Child(core, flags)
+
+
+# -- spawn(sandbox=...) (the Sandbox compile contract: aiospaces/sandbox.py) -----------
+
+
+async def _spawn_sandboxed(
+    sandbox: Sandbox,
+    fn: Callable[..., Any],
+    flags: int,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    maps_args: tuple[MapSpec, MapSpec, bool],
+    fds: tuple[int, ...],
+    close_fds: bool,
+    die_with_parent: bool,
+) -> Child[Any]:
+    if not isinstance(sandbox, Sandbox):
+        raise TypeError(f"sandbox must be a Sandbox, not {type(sandbox).__name__}")
+    uid_map, gid_map, map_zero = maps_args
+    if uid_map not in (None, "", False) or gid_map not in (None, "", False) or map_zero:
+        raise ValueError("with sandbox=, put uid_map/gid_map/map_zero in the Sandbox")
+    with sandbox.compile(flags) as compiled:
+        flags = compiled.flags
+        plan = ChildPlan(
+            die_with_parent=die_with_parent,
+            close_fds=close_fds,
+            pass_fds=tuple(sorted({*fds, *compiled.pass_fds})),
+            new_pidns=bool(flags & C.CLONE_NEWPID),
+            pid1_handlers=bool(flags & C.CLONE_NEWPID),
+            steps=compiled.fn_steps,
+        )
+        wait_running = bool(plan.steps)
+        body = _fn_body(fn, args, dict(kwargs), wait_running)
+        core = await launch(
+            flags,
+            plan,
+            body,
+            maps=compiled.maps,
+            parent_steps=compiled.parent_steps,
+            started_on="R" if wait_running else "go",
+        )
     return Child(core, flags)

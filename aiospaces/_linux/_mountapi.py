@@ -92,7 +92,13 @@ def mount_setattr(path: bytes, flags: int, attr: bytes, filename: str) -> None:
     ``AT_RECURSIVE`` it reaches every mount below ``path`` in one call.
     """
     _check(
-        _mount_setattr_fn, SYS_mount_setattr, AT_FDCWD, path, flags, attr, len(attr),
+        _mount_setattr_fn,
+        SYS_mount_setattr,
+        AT_FDCWD,
+        path,
+        flags,
+        attr,
+        len(attr),
         filename=filename,
     )
 
