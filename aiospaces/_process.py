@@ -648,7 +648,27 @@ async def _connect(proc: Process, ends: dict[int, int]) -> None:
                     proc.stderr = reader
     finally:
         for f in files.values():
-            f.close()
+            with contextlib.suppress(OSError):  # a transport may own it already
+                f.close()
+
+
+async def _connect_uncancelled(proc: Process, ends: dict[int, int]) -> None:
+    """:func:`_connect`, never interrupted half-way by a cancellation.
+
+    A pipe transport cancelled while it is being made may or may not own its
+    fd already (uvloop takes it early): finishing the few steps first keeps
+    the ownership clear; then the cancellation is delivered.
+    """
+    task = asyncio.ensure_future(_connect(proc, ends))
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 # -- entry points -----------------------------------------------------------------
@@ -753,7 +773,7 @@ async def create_process(
             io_.close_sources()
         proc = Process(core, flags, shown, with_init)
         try:
-            await _connect(proc, io_.parent_ends)
+            await _connect_uncancelled(proc, io_.parent_ends)
         except BaseException:
             await proc._abort()
             raise

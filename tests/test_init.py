@@ -100,7 +100,7 @@ async def test_terminate_a_program_that_handles_it() -> None:
     assert proc.stdout is not None
     assert await proc.stdout.readline() == b"ready\n"
     proc.terminate()
-    out, _ = await asyncio.wait_for(proc.communicate(), 10)
+    await asyncio.wait_for(proc.communicate(), 10)
     assert proc.returncode == 7
 
 
