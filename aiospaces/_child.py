@@ -23,6 +23,7 @@ from ._linux import set_pdeathsig
 
 _SIG_DFL = int(signal.SIG_DFL)
 _SIG_SETMASK = int(signal.SIG_SETMASK)
+_SIG_BLOCK = int(signal.SIG_BLOCK)
 _SIGINT = int(signal.SIGINT)
 _SIGKILL = int(signal.SIGKILL)
 
@@ -91,15 +92,17 @@ def signal_plan(pid1_handlers: bool) -> SignalPlan:
     # ignored, as across fork+exec).
     reset = []
     dfl = []
+    getsignal = _signal.getsignal  # no enum wrapping: this runs on every spawn
+    default_int = _signal.default_int_handler
     for sig in _ALL_SIGNALS:
-        handler = signal.getsignal(sig)
-        if callable(handler) and handler is not signal.default_int_handler:
+        handler = getsignal(sig)
+        if callable(handler) and handler is not default_int:
             reset.append(sig)
             dfl.append(sig)
-        elif handler == signal.SIG_DFL:
+        elif handler == _SIG_DFL:
             dfl.append(sig)
     pid1 = tuple(s for s in PID1_EXIT_SIGNALS if s in dfl) if pid1_handlers else ()
-    unblock = bool(reset or pid1 or signal.pthread_sigmask(signal.SIG_BLOCK, ()))
+    unblock = bool(reset or pid1 or _signal.pthread_sigmask(_SIG_BLOCK, ()))
     return SignalPlan(tuple(reset), unblock, pid1)
 
 
@@ -116,7 +119,8 @@ def hold_signals(plan: SignalPlan) -> set[int | signal.Signals] | None:
     sigs = plan.reset + plan.pid1
     if not sigs:
         return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    old: set[int | signal.Signals] = _signal.pthread_sigmask(_SIG_BLOCK, sigs)
+    return old
 
 
 def release_signals(old: set[int | signal.Signals] | None) -> None:

@@ -293,6 +293,9 @@ async def launch(
         child.go()
         if started_on == "go":
             child._set_started()
+            # Still yield once, as asyncio's create_subprocess_exec does: a
+            # task spawning in a loop must not starve the rest of the loop.
+            await asyncio.sleep(0)
         await child.started
     except BaseException:
         await child.kill_and_reap()

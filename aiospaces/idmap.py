@@ -332,8 +332,17 @@ def _uncovered(m: IdMap, own: int, allowed: list[tuple[int, int]]) -> list[IdRan
     return bad
 
 
+_PLAN_CACHE: dict[tuple[object, ...], MapPlan | None] = {}
+_PLAN_CACHE_MAX = 128
+
+
 def plan_maps(uid_map: MapSpec, gid_map: MapSpec, map_zero: bool = False) -> MapPlan | None:
     """Validate both maps and decide how to write them; None if there are none.
+
+    Plans for hashable specs are remembered per effective uid/gid (spawning
+    the same sandbox again should not re-read ``/proc/self/status``); a
+    process that changes its capabilities without changing ids should not
+    rely on a plan made before.
 
     ``map_zero=True`` fills a missing map with "own id → 0". A caller with
     ``CAP_SETUID``/``CAP_SETGID`` writes any map directly; an unprivileged
@@ -352,6 +361,42 @@ def plan_maps(uid_map: MapSpec, gid_map: MapSpec, map_zero: bool = False) -> Map
         raise TypeError(f"map_zero must be a bool, not {type(map_zero).__name__}")
     uid = os.geteuid()
     gid = os.getegid()
+    key: tuple[object, ...] | None = None
+    if all(_cacheable(m) for m in (uid_map, gid_map)):
+        key = (
+            type(uid_map),
+            uid_map,
+            type(gid_map),
+            gid_map,
+            map_zero,
+            uid,
+            gid,
+            os.getuid(),
+            os.getgid(),
+        )
+        try:
+            return _PLAN_CACHE[key]
+        except KeyError:
+            pass
+    plan = _plan_maps(uid_map, gid_map, map_zero, uid, gid)
+    if key is not None:
+        if len(_PLAN_CACHE) >= _PLAN_CACHE_MAX:
+            _PLAN_CACHE.clear()
+        _PLAN_CACHE[key] = plan
+    return plan
+
+
+def _cacheable(spec: object) -> bool:
+    return (
+        spec is None
+        or isinstance(spec, (bool, int, str, IdMap))
+        or (isinstance(spec, tuple) and all(isinstance(x, (int, str)) for x in spec))
+    )
+
+
+def _plan_maps(
+    uid_map: MapSpec, gid_map: MapSpec, map_zero: bool, uid: int, gid: int
+) -> MapPlan | None:
     umap = parse_map(uid_map, field="uid_map")
     gmap = parse_map(gid_map, field="gid_map")
     if map_zero:

@@ -1,0 +1,1 @@
+"""aiospaces' benchmark suite: ``python -m benchmarks`` (see benchmarks/README.md)."""
