@@ -23,6 +23,7 @@ made, the parent deletes the host end itself.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -33,6 +34,8 @@ import os
 import re
 import socket
 import struct
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
@@ -190,47 +193,85 @@ def unique_host_ifname() -> str:
 
 @dataclass(frozen=True, slots=True)
 class VethPlumbing:
-    """Parent-side step: ``await step(pid)`` creates and configures the pair."""
+    """Parent-side step: ``await step(pid)`` creates and configures the pair.
+
+    pyroute2's asyncio core opens its netlink socket with
+    ``create_datagram_endpoint``, which uvloop refuses for ``AF_NETLINK``;
+    so the synchronous ``IPRoute`` (which runs a private event loop) does
+    the work in a short-lived thread of its own, awaited through a future.
+    A few local netlink round trips: the thread lives for about a millisecond.
+    If the spawn is cancelled meanwhile, the child is killed and the pair
+    goes with its namespace.
+    """
 
     veth: Veth
     host_ifname: str
 
     async def __call__(self, pid: int) -> None:
+        await _in_thread(lambda: self._plumb(pid), f"aiospaces-veth-{self.host_ifname}")
+
+    def _plumb(self, pid: int) -> None:
         # The optional extra, untyped: imported by name so mypy needs no stubs.
         pyroute2: Any = importlib.import_module("pyroute2")
-        NetlinkError: Any = importlib.import_module("pyroute2.netlink.exceptions").NetlinkError
-
+        netlink_error: Any = importlib.import_module("pyroute2.netlink.exceptions").NetlinkError
         host = ipaddress.IPv4Interface(self.veth.host_address)
         step = f"veth {self.host_ifname}"
         created = False
-        ipr: Any = pyroute2.AsyncIPRoute()
-        try:
+        with pyroute2.IPRoute() as ipr:
             try:
-                await ipr.link(
-                    "add",
-                    ifname=self.host_ifname,
-                    kind="veth",
-                    peer={"ifname": self.veth.ifname, "net_ns_pid": pid},
-                )
-                created = True
-                found = await ipr.link_lookup(ifname=self.host_ifname)
-                if not found:
-                    raise SpawnError(
-                        errno.ENODEV, "the new veth vanished", self.host_ifname, step=step
+                try:
+                    ipr.link(
+                        "add",
+                        ifname=self.host_ifname,
+                        kind="veth",
+                        peer={"ifname": self.veth.ifname, "net_ns_pid": pid},
                     )
-                index = found[0]
-                await ipr.addr(
-                    "add", index=index, address=str(host.ip), prefixlen=host.network.prefixlen
-                )
-                await ipr.link("set", index=index, state="up")
-            except NetlinkError as exc:
-                code = int(exc.code) if exc.code else errno.EIO
-                raise SpawnError(code, os.strerror(code), self.host_ifname, step=step) from exc
-        except BaseException:
-            if created:
-                # The pair may be gone with the child's namespace already.
-                with contextlib.suppress(Exception):
-                    await ipr.link("del", ifname=self.host_ifname)
-            raise
-        finally:
-            ipr.close()
+                    created = True
+                    found = ipr.link_lookup(ifname=self.host_ifname)
+                    if not found:
+                        raise SpawnError(
+                            errno.ENODEV, "the new veth vanished", self.host_ifname, step=step
+                        )
+                    index = found[0]
+                    ipr.addr(
+                        "add", index=index, address=str(host.ip), prefixlen=host.network.prefixlen
+                    )
+                    ipr.link("set", index=index, state="up")
+                except netlink_error as exc:
+                    code = int(exc.code) if exc.code else errno.EIO
+                    raise SpawnError(code, os.strerror(code), self.host_ifname, step=step) from exc
+            except BaseException:
+                if created:
+                    # The pair may be gone with the child's namespace already.
+                    with contextlib.suppress(Exception):
+                        ipr.link("del", ifname=self.host_ifname)
+                raise
+
+
+async def _in_thread(fn: Callable[[], None], name: str) -> None:
+    """Run ``fn`` in a new thread; await it without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(exc: BaseException | None) -> None:
+        if done.done():
+            return
+        if exc is None:
+            done.set_result(None)
+        else:
+            done.set_exception(exc)
+
+    def worker() -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            err: BaseException | None = exc
+        else:
+            err = None
+        with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+            loop.call_soon_threadsafe(settle, err)
+
+    thread = threading.Thread(target=worker, name=name, daemon=True)
+    thread.start()
+    await done
+    thread.join()  # it has nothing left to do but return

@@ -15,16 +15,20 @@ Unlike the seed, stdio paths are opened *before* the chroot, so they name
 files as the caller sees them, and a path for ``stdout``/``stderr`` is opened
 for appending (created if missing) instead of the seed's read-only open.
 The seed's hooks (``preup``, ``postup``, ``exceptup``, ``preexec``,
-``postexec``, ``exceptexec``) are kept for subclasses. ``Inject`` and
-``setns`` come with the setns work.
+``postexec``, ``exceptexec``) are kept for subclasses.
+
+``Inject`` (a ``Container`` that joins another process' namespaces) and the
+``setns`` context manager keep pyspaces' shape; see their docstrings for
+where they differ from the seed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any, TypeAlias
 
 from . import idmap
@@ -39,7 +43,7 @@ from ._linux.constants import (
 )
 from .cloning import Clone
 
-__all__ = ["Chroot", "Container"]
+__all__ = ["Chroot", "Container", "Inject", "setns"]
 
 StdioSpec: TypeAlias = str | os.PathLike[str] | int | IO[Any] | bool | None
 """A path (opened in the child), an fd, or an object with ``fileno()``;
@@ -300,3 +304,156 @@ class Chroot(Container):
         container_kwargs["newuser"] = True
         container_kwargs["newns"] = True
         super().__init__(target=target, args=args, kwargs=kwargs, **container_kwargs)
+
+
+# --- entering namespaces: Inject and setns (pyspaces.process.Inject, pyspaces.setns) --------
+
+# nsenter's order, user first: joining it grants the capabilities for the rest.
+_SETNS_ORDER: tuple[tuple[str, str, str, int], ...] = (
+    ("user", "newuser", "user", CLONE_NEWUSER),
+    ("ipc", "newipc", "ipc", CLONE_NEWIPC),
+    ("uts", "newuts", "uts", CLONE_NEWUTS),
+    ("net", "newnet", "net", CLONE_NEWNET),
+    ("pid", "newpid", "pid", CLONE_NEWPID),
+    ("mnt", "newns", "mnt", CLONE_NEWNS),
+)
+NsSpec: TypeAlias = bool | str | None
+"""True (the target's namespace), a namespace file path, or None/False."""
+
+
+def _ns_plan(args: tuple[str, ...], kwargs: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """``[(name, file, flag)]`` from pyspaces' ``*args``/``**kwargs`` (``all`` by default)."""
+    names = {n for n, *_ in _SETNS_ORDER} | {a for _, a, *_ in _SETNS_ORDER} | {"all"}
+    for a in args:
+        if a not in names:
+            raise ValueError(f"unknown namespace {a!r}")
+    for k in kwargs:
+        if k not in names:
+            raise TypeError(f"unknown namespace keyword {k!r}")
+    all_ns = (not args and not kwargs) or "all" in args or bool(kwargs.get("all"))
+    out = []
+    for name, alias, file, flag in _SETNS_ORDER:
+        value: NsSpec = None
+        for key in (name, alias):
+            if key in args:
+                value = True
+            if kwargs.get(key) is not None:
+                value = kwargs[key]
+        if value is None and all_ns:
+            value = True
+        if value is False or value is None:
+            continue
+        if not isinstance(value, (bool, str)):
+            raise TypeError(f"{name} must be True, False, None or a namespace file path")
+        out.append((name, value if isinstance(value, str) else file, flag))
+    return out
+
+
+def _enter_files(target_pid: int | str, proc: str, plan: list[tuple[str, str, int]]) -> list[str]:
+    """Join each namespace of ``plan`` (skipping those we are already in)."""
+    from ._linux import setns as _setns  # noqa: PLC0415
+
+    entered = []
+    for name, file, flag in plan:
+        path = file if file.startswith("/") else f"{proc}/{target_pid}/ns/{file}"
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if os.fstat(fd).st_ino == os.stat(f"/proc/self/ns/{name}").st_ino:
+                continue  # already there (joining one's own user namespace is EINVAL)
+            try:
+                _setns(fd, flag)
+            except OSError as exc:
+                raise OSError(exc.errno, f"setns {name}: {exc.strerror}", path) from None
+            entered.append(name)
+        finally:
+            os.close(fd)
+    return entered
+
+
+@contextlib.contextmanager
+def setns(
+    target_pid: int | str,
+    parent_pid: int | str = 0,
+    proc: str = "/proc",
+    *args: str,
+    **kwargs: NsSpec,
+) -> Iterator[None]:
+    """Run the ``with`` body in the namespaces of ``target_pid`` (pyspaces' ``setns``).
+
+    Namespaces as in pyspaces: names in ``args`` (``"net"``, ``"newnet"``,
+    ..., ``"all"``) or keywords set to True or to a namespace file; none
+    given means all six. On leaving, the namespaces of ``parent_pid``
+    (default: this process, as it was on entry) are joined again.
+
+    Unlike the seed, every requested namespace is joined (the seed stopped
+    after the first), errors raise ``OSError`` naming the namespace, and the
+    originals are opened before anything changes. The kernel's rules still
+    hold: a multithreaded process cannot join a user namespace, joining a
+    pid namespace affects only the children forked inside the block, and a
+    user namespace once joined cannot be left (it is not restored).
+
+    >>> with setns(child.pid, "uts"):  # doctest: +SKIP
+    ...     socket.gethostname()
+    """
+    plan = _ns_plan(args, dict(kwargs))
+    back_pid = parent_pid or "self"
+    originals = []
+    try:
+        for name, _file, flag in plan:
+            if name != "user":
+                fd = os.open(f"{proc}/{back_pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+                originals.append((name, fd, flag))
+        _enter_files(target_pid, proc, plan)
+        yield
+    finally:
+        from ._linux import setns as _setns  # noqa: PLC0415
+
+        try:
+            for name, fd, flag in reversed(originals):
+                try:
+                    _setns(fd, flag)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"setns {name} (restoring): {exc.strerror}") from None
+        finally:
+            for _name, fd, _flag in originals:
+                os.close(fd)
+
+
+class Inject(Container):
+    """A :class:`Container` that runs ``target`` in the namespaces of ``target_pid``.
+
+    pyspaces' ``Inject``: namespace keywords as for :func:`setns`
+    (``all`` by default). Unlike the seed, joining the pid namespace gives a
+    process that really lives in it: the child forks once more after the
+    setns and the grandchild runs ``target`` while the child relays signals
+    and the exit status (see :mod:`aiospaces._enter`).
+
+    >>> p = Inject(first.pid, target=print, args=("inside",), uts=True)  # doctest: +SKIP
+    >>> p.start(); p.join()
+    """
+
+    def __init__(
+        self,
+        target_pid: int | str,
+        target: Callable[..., object],
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        proc: str = "/proc",
+        *nsargs: str,
+        **pkwargs: Any,
+    ) -> None:
+        if not callable(target):
+            raise TypeError(f"target must be callable, not {type(target).__name__}")
+        ns_keys = {n for n, *_ in _SETNS_ORDER} | {a for _, a, *_ in _SETNS_ORDER} | {"all"}
+        nskw = {k: pkwargs.pop(k) for k in list(pkwargs) if k in ns_keys}
+        self.ns_plan = _ns_plan(tuple(nsargs), nskw)
+        self.target_pid = target_pid
+        super().__init__(target=target, args=args, kwargs=kwargs, proc=proc, **pkwargs)
+
+    def preup(self) -> None:
+        """Join the namespaces first thing in the child (then fork for pid)."""
+        from ._enter import ForkIntoPidns  # noqa: PLC0415
+
+        entered = _enter_files(self.target_pid, self.proc, self.ns_plan)
+        if "pid" in entered:
+            ForkIntoPidns().run()
