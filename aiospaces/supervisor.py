@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import importlib
 import math
 import os
 import random
@@ -56,6 +55,7 @@ from typing import Any, Literal, Protocol
 
 from ._errors import ChildLost
 from ._events import Event, EventStream, Exited, GaveUp, Restarting, Started, Stopped
+from ._process import create_process
 from ._spawn import spawn
 
 __all__ = [
@@ -172,31 +172,17 @@ def check_argv(target: Sequence[Any]) -> list[str | bytes | os.PathLike[Any]]:
         raise ValueError("argv must not be empty")
     for item in argv:
         if not isinstance(item, (str, bytes, os.PathLike)):
-            raise TypeError(f"argv items must be str, bytes or path-like, not {type(item).__name__}")
+            raise TypeError(
+                f"argv items must be str, bytes or path-like, not {type(item).__name__}"
+            )
     return argv
 
 
-def load_create_process() -> Callable[..., Any]:
-    """``aiospaces.create_process`` (exec mode), imported when first needed."""
-    try:
-        module = importlib.import_module("aiospaces._process")
-    except ImportError as exc:  # pragma: no cover - exec mode ships with this release
-        raise RuntimeError(
-            "an argv target needs exec mode (aiospaces.create_process), "
-            "which this build of aiospaces does not have"
-        ) from exc
-    create: Callable[..., Any] = module.create_process
-    return create
-
-
-def spawn_options(
-    flags: int, sandbox: object | None, options: Mapping[str, Any]
-) -> dict[str, Any]:
+def spawn_options(sandbox: object | None, options: Mapping[str, Any]) -> dict[str, Any]:
     """Keyword arguments for ``spawn``/``create_process`` besides the target."""
     opts = dict(options)
     if sandbox is not None:
-        if flags:
-            raise ValueError("give either flags or sandbox, not both (the Sandbox names its namespaces)")
+        # flags then add namespaces to the Sandbox's (as spawn() documents)
         opts["sandbox"] = sandbox
     return opts
 
@@ -328,8 +314,6 @@ class Supervisor:
         # A CancelledError is somebody else's if it was not ours, or if
         # another cancellation is still requested on top of ours.
         propagate_cancel = cancelled and (not self._host_cancelled or host.cancelling() > 0)
-        if propagate_cancel:
-            self._kill_all()
         for entry in self._entries.values():
             _set(entry.stop_fut)
         runners = {e.runner for e in self._entries.values() if e.runner is not None}
@@ -404,12 +388,24 @@ class Supervisor:
         was being created; once ``start()`` has returned, the child belongs
         to the supervisor.
 
-        >>> pid = await sup.start(["sleep", "60"], name="sleeper", restart="always")  # doctest: +SKIP
+        >>> await sup.start(["sleep", "60"], name="sleeper", restart="always")  # doctest: +SKIP
         """
         loop = self._check_open()
         spec = self._make_spec(
-            target, name, flags, sandbox, args, kwargs, restart, max_restarts, within,
-            backoff, jitter, stop_signal, stop_grace, options,
+            target,
+            name,
+            flags,
+            sandbox,
+            args,
+            kwargs,
+            restart,
+            max_restarts,
+            within,
+            backoff,
+            jitter,
+            stop_signal,
+            stop_grace,
+            options,
         )
         old = self._entries.get(name)
         if old is not None and old.state not in _TERMINAL:
@@ -533,7 +529,9 @@ class Supervisor:
             if tuple(args) or kwargs:
                 raise TypeError("args/kwargs are for a callable target; put arguments in argv")
         elif not callable(target):
-            raise TypeError(f"target must be a callable or an argv list, not {type(target).__name__}")
+            raise TypeError(
+                f"target must be a callable or an argv list, not {type(target).__name__}"
+            )
         if isinstance(args, (str, bytes)) or not isinstance(args, Iterable):
             raise TypeError(f"args must be a tuple or iterable, not {type(args).__name__}")
         if restart not in _POLICIES:
@@ -561,7 +559,7 @@ class Supervisor:
             flags=flags,
             args=tuple(args),
             kwargs=dict(kwargs or {}),
-            options=spawn_options(flags, sandbox, options),
+            options=spawn_options(sandbox, options),
             restart=restart,  # type: ignore[arg-type]
             max_restarts=max_restarts,
             within=within,
@@ -573,9 +571,7 @@ class Supervisor:
 
     async def _launch(self, spec: _Spec) -> _Proc:
         if spec.argv is not None:
-            create_process = load_create_process()
-            proc: _Proc = await create_process(spec.argv, spec.flags, **spec.options)
-            return proc
+            return await create_process(spec.argv, spec.flags, **spec.options)
         return await spawn(
             spec.target, spec.flags, args=spec.args, kwargs=spec.kwargs, **spec.options
         )
@@ -595,7 +591,7 @@ class Supervisor:
     def _delay(self, spec: _Spec, attempt: int) -> float:
         initial, cap, factor = spec.backoff
         delay = min(cap, initial * factor ** (attempt - 1))
-        return delay * random.uniform(1.0 - spec.jitter, 1.0)  # noqa: S311 - not crypto
+        return delay * random.uniform(1.0 - spec.jitter, 1.0)
 
     async def _supervise(self, entry: _Entry) -> None:
         spec = entry.spec
@@ -661,7 +657,8 @@ class Supervisor:
         proc, exit_fut = entry.proc, entry.exit_fut
         assert proc is not None and exit_fut is not None
         if not exit_fut.done():
-            await asyncio.wait([exit_fut, entry.stop_fut], return_when=asyncio.FIRST_COMPLETED)
+            either: list[asyncio.Future[Any]] = [exit_fut, entry.stop_fut]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if not exit_fut.done():
                 entry.state = STOPPING
                 await self._terminate(entry, proc, exit_fut)
@@ -678,7 +675,12 @@ class Supervisor:
         if not entry.kill_fut.done():
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(spec.stop_signal)
-            await asyncio.wait([exit_fut, entry.kill_fut], timeout=spec.stop_grace)
+            either: list[asyncio.Future[Any]] = [exit_fut, entry.kill_fut]
+            await asyncio.wait(
+                either,
+                timeout=spec.stop_grace,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         if not exit_fut.done():
             await kill_and_reap(proc, exit_fut)
 
