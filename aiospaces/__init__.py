@@ -49,6 +49,16 @@ from ._linux.constants import (
     SIGKILL,
     STACK_SIZE,
 )
+from ._process import (
+    DEVNULL,
+    PIPE,
+    STDOUT,
+    CompletedRun,
+    Process,
+    RunTimeout,
+    create_process,
+    run,
+)
 from ._spawn import Child, RemoteTraceback, spawn
 
 __version__ = "0.1.0"
@@ -81,18 +91,26 @@ __all__ = [
     "CLONE_UNTRACED",
     "CLONE_VFORK",
     "CLONE_VM",
+    "DEVNULL",
+    "PIPE",
     "SIGCHLD",
     "SIGKILL",
     "STACK_SIZE",
+    "STDOUT",
     "Child",
     "ChildError",
     "ChildExited",
     "ChildFailed",
     "ChildKilled",
     "ChildLost",
+    "CompletedRun",
     "NamespaceUnavailable",
+    "Process",
     "RemoteTraceback",
+    "RunTimeout",
     "SpawnError",
     "__version__",
+    "create_process",
+    "run",
     "spawn",
 ]

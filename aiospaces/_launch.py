@@ -123,7 +123,13 @@ class Launched:
             self.protocol_error = self.channel.error
         if self.started_on == "EOF" and self.saw_running and self.setup_error is None:
             self._set_started()
-        elif not self.started.done():
+        elif self.started.done():
+            pass
+        elif self.setup_error is None and self.protocol_error is None and self.returncode is None:
+            # The child went away without a word: its exit status says more
+            # than "EOF", so fail the start from _on_exit.
+            self.exit.watch()
+        else:
             self._fail_start()
 
     def _on_exit(self, rc: int | None) -> None:

@@ -123,6 +123,8 @@ class Channel:
 
     def send(self, data: bytes) -> bool:
         """Non-blocking send of a tiny message; False if the child is gone."""
+        if self.fd < 0:
+            return False
         try:
             return os.write(self.fd, data) == len(data)
         except (BrokenPipeError, ConnectionResetError):
