@@ -298,9 +298,9 @@ class Sandbox:
             ns.add("uts")
 
         # -- network ----------------------------------------------------------------------
+        # Kept as given (None = the default for the namespaces): compile(flags)
+        # re-validates with more namespaces, where None may then mean "loopback".
         net = self.network
-        if net is None:
-            net = "loopback" if "net" in ns else "host"
         if isinstance(net, Veth):
             if os.geteuid() != 0 or not _caps_net_admin():
                 raise PermissionError(
@@ -309,14 +309,12 @@ class Sandbox:
                 )
             if not have_pyroute2():
                 raise ImportError("network: a Veth needs pyroute2: pip install 'aiospaces[net]'")
-        elif net not in ("none", "loopback", "host"):
+        elif net is not None and net not in ("none", "loopback", "host"):
             raise ValueError(f"network must be 'none', 'loopback', 'host' or a Veth, not {net!r}")
-        if net == "host":
-            if "net" in ns:
-                raise ValueError("network='host' contradicts a new 'net' namespace in namespaces")
-        else:
+        if net == "host" and "net" in ns:
+            raise ValueError("network='host' contradicts a new 'net' namespace in namespaces")
+        if net is not None and net != "host":
             ns.add("net")
-        put(self, "network", net)
 
         # -- environment --------------------------------------------------------------------
         if not isinstance(self.clear_env, bool):
@@ -421,6 +419,13 @@ class Sandbox:
     # -- compiling ------------------------------------------------------------------------
 
     @property
+    def network_mode(self) -> NetworkMode:
+        """The effective network: ``network``, or its default for :attr:`namespaces`."""
+        if self.network is not None:
+            return self.network
+        return "loopback" if "net" in self.namespaces else "host"
+
+    @property
     def flags(self) -> int:
         """The ``CLONE_NEW*`` flags of :attr:`namespaces`."""
         return _flags_of(self.namespaces)
@@ -488,8 +493,8 @@ class Sandbox:
                 steps.append(_SetName(self.hostname, False, "hostname"))
             if self.domainname is not None:
                 steps.append(_SetName(self.domainname, True, "domainname"))
-            net = self.network
-            if net in ("loopback",) or isinstance(net, Veth):
+            net = self.network_mode
+            if net == "loopback" or isinstance(net, Veth):
                 steps.append(loopback_step())
             if isinstance(net, Veth):
                 host_ifname = net.host_ifname or unique_host_ifname()

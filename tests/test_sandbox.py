@@ -231,12 +231,26 @@ async def test_env_and_clear_env() -> None:
 
 @pytest.mark.userns
 async def test_spawn_flags_add_namespaces_to_the_sandbox() -> None:
-    from aiospaces import CLONE_NEWPID
+    from aiospaces import CLONE_NEWNET, CLONE_NEWPID
 
     sb = Sandbox(namespaces={"user"}, mounts=(Tmpfs("/"),))
     child = await spawn(os.getpid, CLONE_NEWPID, sandbox=sb)
     assert await child.result() == 1
     assert child.flags & CLONE_NEWPID
+    # An added net namespace gets the default network: loopback, up.
+    child = await spawn(_lo_is_up, CLONE_NEWNET, sandbox=Sandbox(namespaces={"user"}))
+    assert await child.result() is True
+    with pytest.raises(ValueError, match="network='host'"):
+        await spawn(os.getpid, CLONE_NEWNET, sandbox=Sandbox(namespaces={"user"}, network="host"))
+
+
+def _lo_is_up() -> bool:
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        res = fcntl.ioctl(s, 0x8913, struct.pack("16sh22x", b"lo", 0))  # SIOCGIFFLAGS
+    return bool(struct.unpack_from("h", res, 16)[0] & 1)
 
 
 # --- validation: before any process exists --------------------------------------------
@@ -314,10 +328,10 @@ def test_spec_is_frozen_and_normalised() -> None:
     sb = Sandbox(namespaces=["mount", "user"], hostname="h", mounts=[Tmpfs("//tmp/")])  # type: ignore[arg-type]
     assert sb.namespaces == {"user", "mnt", "uts"}
     assert sb.mounts == (Tmpfs("/tmp"),)
-    assert sb.network == "host"
+    assert sb.network is None and sb.network_mode == "host"
     with pytest.raises(AttributeError):
         sb.hostname = "other"  # type: ignore[misc]
-    assert Sandbox(namespaces={"net"}).network == "loopback"
+    assert Sandbox(namespaces={"net"}).network_mode == "loopback"
     assert Bind("/usr").dst == "/usr"
 
 
