@@ -89,14 +89,16 @@ def _host_link_exists(name: str) -> bool:
 @pytest.mark.root
 async def test_veth_reaches_a_server_on_the_peer_address() -> None:
     host_if = f"asptest{os.getpid() % 10000}"
-    veth = Veth("10.200.77.2/24", "10.200.77.1/24", host_ifname=host_if)
+    veth = Veth("10.200.77.2/24", "10.200.77.1/24", host_ifname=host_if, default_route=True)
 
-    def inside(port: int) -> tuple[object, list[str]]:
+    def inside(port: int) -> tuple[object, list[str], list[list[str]]]:
+        with open("/proc/net/route") as f:
+            routes = [line.split()[:3] for line in f.readlines()[1:]]
         deadline = time.monotonic() + 5
         while True:  # the test's server starts once spawn() returned
             got = _connect("10.200.77.1", port)
             if got != errno.ECONNREFUSED or time.monotonic() > deadline:
-                return got, sorted(n for _, n in socket.if_nameindex())
+                return got, sorted(n for _, n in socket.if_nameindex()), routes
             time.sleep(0.05)
 
     # The port is fixed before the host address exists: reserve one on loopback.
@@ -108,7 +110,7 @@ async def test_veth_reaches_a_server_on_the_peer_address() -> None:
         assert _host_link_exists(host_if)
         server = await asyncio.start_server(_reply, "10.200.77.1", port)
         try:
-            got, names = await child.result()
+            got, names, routes = await child.result()
         finally:
             server.close()
             await server.wait_closed()
@@ -116,6 +118,8 @@ async def test_veth_reaches_a_server_on_the_peer_address() -> None:
         await child.__aexit__(None, None, None)
     assert got == b"hello from the host"
     assert names == ["eth0", "lo"]
+    # Iface, destination, gateway (little-endian hex): default via 10.200.77.1.
+    assert ["eth0", "00000000", "014DC80A"] in routes
     # The pair dies with the sandbox's network namespace (asynchronously).
     deadline = time.monotonic() + 10
     while _host_link_exists(host_if) and time.monotonic() < deadline:  # noqa: ASYNC110 - polls the kernel
