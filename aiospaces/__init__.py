@@ -60,6 +60,7 @@ from ._process import (
     run,
 )
 from ._spawn import Child, RemoteTraceback, spawn
+from .sandbox import Bind, Dev, Proc, ReadOnly, Sandbox, Symlink, Tmpfs, Veth
 
 __version__ = "0.1.0"
 
@@ -97,6 +98,7 @@ __all__ = [
     "SIGKILL",
     "STACK_SIZE",
     "STDOUT",
+    "Bind",
     "Child",
     "ChildError",
     "ChildExited",
@@ -104,11 +106,18 @@ __all__ = [
     "ChildKilled",
     "ChildLost",
     "CompletedRun",
+    "Dev",
     "NamespaceUnavailable",
+    "Proc",
     "Process",
+    "ReadOnly",
     "RemoteTraceback",
     "RunTimeout",
+    "Sandbox",
     "SpawnError",
+    "Symlink",
+    "Tmpfs",
+    "Veth",
     "__version__",
     "create_process",
     "run",
