@@ -53,7 +53,8 @@ def _flush_stdio() -> None:
 def rebuild_setup_error(rec: dict[str, object]) -> OSError:
     """Turn a child's ``E`` record into the exception the caller sees."""
     err = _frames.errno_of(rec)
-    msg = str(rec.get("msg") or "")
+    # The C exec path (aiospaces._fastexec) sends no message: strerror's.
+    msg = str(rec.get("msg") or "") or (os.strerror(err) if err else "")
     step = str(rec.get("step") or "child setup")
     filename = rec.get("filename")
     fname = filename if isinstance(filename, str) else None

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any, Self, TypeAlias
 
-from . import _frames, _init
+from . import _fastexec, _frames, _init
 from ._child import ChildPlan
 from ._errors import ChildLost
 from ._launch import Launched, launch
@@ -766,9 +766,31 @@ async def create_process(
                 )
             )
         try:
-            core = await launch(
-                flags, plan, body, maps=maps, started_on="R" if with_init else "EOF"
-            )
+            if _fastexec.enabled() and not plan.steps:
+                # The C path (aiospaces._fastexec): no interpreter copy.
+                core = await _fastexec.launch_exec(
+                    flags,
+                    _fastexec.FastPlan(
+                        candidates,
+                        raw_argv,
+                        envb,
+                        cwdb,
+                        tuple(io_.dups),
+                        tuple(dict.fromkeys(io_.sources)),
+                        io_.stderr_to_stdout,
+                        plan.pass_fds,
+                        close,
+                        die,
+                        with_init,
+                        program,
+                    ),
+                    maps=maps,
+                    started_on="R" if with_init else "EOF",
+                )
+            else:
+                core = await launch(
+                    flags, plan, body, maps=maps, started_on="R" if with_init else "EOF"
+                )
         finally:
             io_.close_sources()
         proc = Process(core, flags, shown, with_init)
