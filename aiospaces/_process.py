@@ -40,7 +40,8 @@ from ._launch import Launched, launch
 from ._linux import constants as C
 from ._linux import validate_flags
 from ._spawn import check_bool, check_maps, check_pass_fds
-from .idmap import MapSpec
+from .idmap import MapPlan, MapSpec
+from .sandbox import CompiledSandbox, Sandbox
 
 __all__ = [
     "DEVNULL",
@@ -690,6 +691,7 @@ async def create_process(
     map_zero: bool = False,
     as_pid_1: bool = False,
     die_with_parent: bool = True,
+    sandbox: Sandbox | None = None,
 ) -> Process:
     """Start ``argv`` in new namespaces (``flags``); return a :class:`Process`.
 
@@ -707,6 +709,11 @@ async def create_process(
     PID 1 itself (it then ignores signals it has no handler for, except
     SIGKILL). The child keeps fds 0-2 and ``pass_fds`` (``close_fds=True``)
     and dies with the thread that started it (``die_with_parent=True``).
+
+    ``sandbox`` is a full isolation spec (:class:`~aiospaces.Sandbox`): its
+    namespaces are added to ``flags``, its id maps replace ``uid_map``/
+    ``gid_map``/``map_zero`` (give those in the Sandbox), its environment is
+    used when ``env`` is None, and ``cwd`` applies after the Sandbox's own.
 
     Returns once the program runs (its ``execve`` succeeded).
 
@@ -730,11 +737,49 @@ async def create_process(
     )
     fds = check_pass_fds(pass_fds)
     check_bool(as_pid_1, "as_pid_1")
-    if as_pid_1 and not flags & C.CLONE_NEWPID:
-        raise ValueError("as_pid_1=True needs a new pid namespace: add CLONE_NEWPID to flags")
     close = check_bool(close_fds, "close_fds")
     die = check_bool(die_with_parent, "die_with_parent")
-    maps = check_maps(flags, uid_map, gid_map, map_zero)
+    compiled: CompiledSandbox | None = None
+    if sandbox is None:
+        maps = check_maps(flags, uid_map, gid_map, map_zero)
+    else:
+        if not isinstance(sandbox, Sandbox):
+            raise TypeError(f"sandbox must be a Sandbox, not {type(sandbox).__name__}")
+        check_bool(map_zero, "map_zero")
+        if uid_map not in (None, "", False) or gid_map not in (None, "", False) or map_zero:
+            raise ValueError("with sandbox=, put uid_map/gid_map/map_zero in the Sandbox")
+        # Last of the checks: it may open fds (enter targets), closed below.
+        compiled = sandbox.compile(flags)
+        flags, maps = compiled.flags, compiled.maps
+        if env is None and compiled.env is not None:
+            envb = _check_env(compiled.env)
+    if as_pid_1 and not flags & C.CLONE_NEWPID:
+        if compiled is not None:
+            compiled.close()
+        raise ValueError("as_pid_1=True needs a new pid namespace: add CLONE_NEWPID to flags")
+    try:
+        return await _start(
+            raw_argv, shown, flags, envb, cwdb, specs, fds, close, die, maps, as_pid_1, compiled
+        )
+    finally:
+        if compiled is not None:
+            compiled.close()
+
+
+async def _start(
+    raw_argv: tuple[bytes, ...],
+    shown: list[str | bytes],
+    flags: int,
+    envb: dict[bytes, bytes],
+    cwdb: bytes | None,
+    specs: tuple[_Norm, _Norm, _Norm],
+    fds: tuple[int, ...],
+    close: bool,
+    die: bool,
+    maps: MapPlan | None,
+    as_pid_1: bool,
+    compiled: CompiledSandbox | None,
+) -> Process:
     candidates = _candidates(raw_argv[0], envb)
     program = os.fsdecode(raw_argv[0])
     with_init = bool(flags & C.CLONE_NEWPID) and not as_pid_1
@@ -744,8 +789,11 @@ async def create_process(
         plan = ChildPlan(
             die_with_parent=die,
             close_fds=close,
-            pass_fds=tuple(sorted({*fds, *io_.sources})),
+            pass_fds=tuple(
+                sorted({*fds, *io_.sources, *(compiled.pass_fds if compiled else ())})
+            ),
             new_pidns=bool(flags & C.CLONE_NEWPID),
+            steps=compiled.child_steps if compiled else (),
         )
         body: Callable[[int], int]
         if with_init:
@@ -766,7 +814,7 @@ async def create_process(
                 )
             )
         try:
-            if _fastexec.enabled() and not plan.steps:
+            if _fastexec.enabled() and not plan.steps and compiled is None:
                 # The C path (aiospaces._fastexec): no interpreter copy.
                 core = await _fastexec.launch_exec(
                     flags,
@@ -789,7 +837,12 @@ async def create_process(
                 )
             else:
                 core = await launch(
-                    flags, plan, body, maps=maps, started_on="R" if with_init else "EOF"
+                    flags,
+                    plan,
+                    body,
+                    maps=maps,
+                    parent_steps=compiled.parent_steps if compiled else (),
+                    started_on="R" if with_init else "EOF",
                 )
         finally:
             io_.close_sources()
