@@ -122,6 +122,8 @@ class Launched:
     def _on_eof(self) -> None:
         if self.channel.error is not None and self.protocol_error is None:
             self.protocol_error = self.channel.error
+        if self.channel.partial:  # EOF in the middle of a frame
+            self.truncated = True
         if self.started_on == "EOF" and self.saw_running and self.setup_error is None:
             self._set_started()
         elif self.started.done():

@@ -8,6 +8,7 @@ back pickled over the child's channel.
 from __future__ import annotations
 
 import asyncio
+import json
 import operator
 import os
 import pickle
@@ -16,7 +17,7 @@ import traceback
 import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Literal, Self, TypeVar
 
 from . import _frames
 from ._child import ChildPlan
@@ -58,11 +59,26 @@ def _exit_code(code: object) -> int:
 _send = _frames.send
 
 
+ResultFormat = Literal["pickle", "json", "bytes"]
+RESULT_FORMATS: tuple[str, ...] = ("pickle", "json", "bytes")
+
+
+def _encode_value(value: Any, fmt: str) -> bytes:
+    if fmt == "pickle":
+        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    if fmt == "json":
+        return json.dumps(value).encode()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"result_format='bytes' needs bytes, not {type(value).__qualname__}")
+
+
 def _fn_body(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: Mapping[str, Any],
     send_running: bool,
+    fmt: str = "pickle",
 ) -> Callable[[int], int]:
     def body(sock: int) -> int:
         if send_running:
@@ -77,6 +93,13 @@ def _fn_body(
             return _exit_code(exc.code)
         except BaseException as exc:
             tb = "".join(traceback.format_exception(exc))
+            if fmt != "pickle":  # text only: nothing of the child's is unpickled
+                _send(
+                    sock,
+                    b"T",
+                    _frames.text_record("exception", type(exc).__qualname__, str(exc), tb),
+                )
+                return 1
             try:
                 payload = pickle.dumps((exc, tb), pickle.HIGHEST_PROTOCOL)
             except Exception as perr:
@@ -94,7 +117,7 @@ def _fn_body(
                 _send(sock, b"X", payload)
             return 1
         try:
-            payload = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+            payload = _encode_value(value, fmt)
         except Exception as perr:
             _send(
                 sock,
@@ -102,7 +125,8 @@ def _fn_body(
                 _frames.text_record(
                     "value",
                     type(value).__qualname__,
-                    f"fn returned a {type(value).__qualname__} that could not be pickled: {perr}",
+                    f"fn returned a {type(value).__qualname__} that could not be "
+                    f"{'pickled' if fmt == 'pickle' else 'encoded as ' + fmt}: {perr}",
                     "".join(traceback.format_exception(perr)),
                 ),
             )
@@ -140,11 +164,12 @@ class Child(Generic[T]):
     ...     assert await child.result() == 42
     """
 
-    __slots__ = ("_core", "_flags")
+    __slots__ = ("_core", "_flags", "_format")
 
-    def __init__(self, core: Launched, flags: int) -> None:
+    def __init__(self, core: Launched, flags: int, result_format: str = "pickle") -> None:
         self._core = core
         self._flags = flags
+        self._format = result_format
 
     @property
     def pid(self) -> int:
@@ -206,8 +231,12 @@ class Child(Generic[T]):
         result: :class:`ChildKilled` (signal) or :class:`ChildExited`;
         something that could not travel: :class:`ChildError`.
 
-        Values are unpickled: only call this for a child whose code you
-        trust as much as your own (a child can craft a pickle that runs code).
+        With ``result_format="pickle"`` (the default) the value is unpickled:
+        only use it for a child whose code you trust as much as your own (a
+        child can craft a pickle that runs code in the parent). For untrusted
+        code use ``result_format="json"`` or ``"bytes"``: nothing from the
+        child is then unpickled, and its exceptions arrive as
+        :class:`ChildError` carrying the type name, message and traceback text.
         """
         rc = await self.wait()
         core = self._core
@@ -225,9 +254,22 @@ class Child(Generic[T]):
 
     def _decode(self, frame: _frames.Frame) -> T:
         if frame.kind == "T":
-            rec = _frames.decode_record(frame.payload)
+            try:
+                rec = _frames.decode_record(frame.payload)
+            except _frames.ProtocolError as exc:
+                raise ChildError(f"the child broke the result protocol: {exc}") from None
             tb = str(rec.get("traceback") or "") or None
-            raise ChildError(str(rec.get("msg")), tb)
+            what = "" if rec.get("what") == "value" else f"{rec.get('type')}: "
+            raise ChildError(f"{what}{rec.get('msg')}", tb)
+        if self._format != "pickle":
+            if frame.kind != "V":
+                raise ChildError(f"the child sent a {frame.kind!r} frame in {self._format} mode")
+            if self._format == "bytes":
+                return frame.payload  # type: ignore[return-value]
+            try:
+                return json.loads(frame.payload)  # type: ignore[no-any-return]
+            except ValueError as exc:
+                raise ChildError(f"the child's value is not valid JSON: {exc}") from None
         try:
             obj = pickle.loads(frame.payload)
         except Exception as exc:
@@ -316,6 +358,7 @@ async def spawn(
     close_fds: bool = True,
     die_with_parent: bool = True,
     sandbox: Sandbox | None = None,
+    result_format: ResultFormat = "pickle",
 ) -> Child[T]:
     """Run ``fn(*args, **kwargs)`` in a child created with ``flags``.
 
@@ -330,6 +373,10 @@ async def spawn(
     ``sandbox`` is a full isolation spec (:class:`~aiospaces.Sandbox`:
     mounts, hostname, network, ids, entering another process' namespaces);
     ``flags`` then add namespaces to it, and the maps go in the Sandbox.
+
+    ``result_format`` says how the value travels back: ``"pickle"`` (any
+    picklable value; the parent unpickles it, so only for trusted code),
+    ``"json"`` or ``"bytes"`` (for untrusted code: nothing is unpickled).
 
     Cancellation: cancelling ``spawn()`` at any point kills the child
     through its pidfd, waits until it is reaped, closes its fds, and
@@ -352,10 +399,12 @@ async def spawn(
     fds = check_pass_fds(pass_fds)
     check_bool(die_with_parent, "die_with_parent")
     check_bool(close_fds, "close_fds")
+    if result_format not in RESULT_FORMATS:
+        raise ValueError(f"result_format must be one of {RESULT_FORMATS}, not {result_format!r}")
     if sandbox is not None:
         return await _spawn_sandboxed(
             sandbox, fn, flags, args, kwargs, (uid_map, gid_map, map_zero), fds,
-            close_fds, die_with_parent,
+            close_fds, die_with_parent, result_format,
         )  # fmt: skip
     plan = ChildPlan(
         die_with_parent=die_with_parent,
@@ -369,9 +418,9 @@ async def spawn(
     # parent need not wait for its "running" frame: one wake-up less while
     # the fresh child still shares the parent's pages.
     wait_running = bool(plan.steps)
-    body = _fn_body(fn, args, dict(kwargs), wait_running)
+    body = _fn_body(fn, args, dict(kwargs), wait_running, result_format)
     core = await launch(flags, plan, body, maps=maps, started_on="R" if wait_running else "go")
-    return Child(core, flags)
+    return Child(core, flags, result_format)
 
 
 # -- spawn(sandbox=...) (the Sandbox compile contract: aiospaces/sandbox.py) -----------
@@ -387,6 +436,7 @@ async def _spawn_sandboxed(
     fds: tuple[int, ...],
     close_fds: bool,
     die_with_parent: bool,
+    result_format: str,
 ) -> Child[Any]:
     if not isinstance(sandbox, Sandbox):
         raise TypeError(f"sandbox must be a Sandbox, not {type(sandbox).__name__}")
@@ -404,7 +454,7 @@ async def _spawn_sandboxed(
             steps=compiled.fn_steps,
         )
         wait_running = bool(plan.steps)
-        body = _fn_body(fn, args, dict(kwargs), wait_running)
+        body = _fn_body(fn, args, dict(kwargs), wait_running, result_format)
         core = await launch(
             flags,
             plan,
@@ -413,4 +463,4 @@ async def _spawn_sandboxed(
             parent_steps=compiled.parent_steps,
             started_on="R" if wait_running else "go",
         )
-    return Child(core, flags)
+    return Child(core, flags, result_format)
