@@ -42,7 +42,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def interleave(scenario: str, case: str, candidates: list[Candidate], rounds: int, warmup: int = 5) -> list[Row]:
+async def interleave(
+    scenario: str, case: str, candidates: list[Candidate], rounds: int, warmup: int = 5
+) -> list[Row]:
     """Run each present candidate ``rounds`` times, interleaved; one Row each."""
     present = [c for c in candidates if c.op is not None]
     samples: dict[str, list[float]] = {c.name: [] for c in present}
@@ -64,19 +66,31 @@ async def interleave(scenario: str, case: str, candidates: list[Candidate], roun
         s = samples[c.name]
         med = statistics.median(s)
         rows.append(
-            Row(scenario, case, c.name, len(s), med * 1e3, pct(s, 0.9) * 1e3, med / floor_med if floor else float("nan"))
+            Row(
+                scenario,
+                case,
+                c.name,
+                len(s),
+                med * 1e3,
+                pct(s, 0.9) * 1e3,
+                med / floor_med if floor else float("nan"),
+            )
         )
     return rows
 
 
 def markdown(rows: list[Row]) -> str:
-    out = ["| scenario | case | candidate | n | median ms | p90 ms | ratio to floor |", "|---|---|---|---|---|---|---|"]
+    out = [
+        "| scenario | case | candidate | n | median ms | p90 ms | ratio to floor |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r.missing:
-            out.append(f"| {r.scenario} | {r.case} | {r.name} | – | MISSING: {r.missing} | | |")
+            out.append(f"| {r.scenario} | {r.case} | {r.name} | - | MISSING: {r.missing} | | |")
             continue
         ratio = "" if r.ratio != r.ratio else f"{r.ratio:.2f}x"
-        out.append(f"| {r.scenario} | {r.case} | {r.name} | {r.n} | {r.median_ms:.3f} | {r.p90_ms:.3f} | {ratio} |")
+        cells = (r.scenario, r.case, r.name, r.n, f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}", ratio)
+        out.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(out)
 
 

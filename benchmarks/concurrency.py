@@ -38,7 +38,7 @@ def _threads() -> int:
 
 
 async def measure(n: int) -> dict[str, Any]:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     fds0 = len(os.listdir("/proc/self/fd"))
     rss0 = _rss_kib()
@@ -48,7 +48,11 @@ async def measure(n: int) -> dict[str, Any]:
     children = []
     with LagMeter() as lag:
         for i in range(n):
-            children.append(await aiospaces.spawn(time.sleep, CLONE_NEWUSER | CLONE_NEWPID, args=(HOLD,), map_zero=True))
+            children.append(
+                await aiospaces.spawn(
+                    time.sleep, CLONE_NEWUSER | CLONE_NEWPID, args=(HOLD,), map_zero=True
+                )
+            )
             if i % 100 == 0:
                 max_threads = max(max_threads, _threads())
                 await asyncio.sleep(0)  # let the heartbeat in, as a service would
@@ -68,7 +72,9 @@ async def measure(n: int) -> dict[str, Any]:
         "start_all_s": started,
         "kill_reap_all_s": stopped,
         "threads_max": max_threads,
-        "parent_cpu_ms_per_child": ((ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)) / n * 1e3,
+        "parent_cpu_ms_per_child": ((ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime))
+        / n
+        * 1e3,
         "parent_rss_kib_per_child": (rss1 - rss0) / n,
         "fds_per_child": (fds1 - fds0) / n,
         "all_killed": all(code == -9 for code in codes),
@@ -103,10 +109,22 @@ def run(sizes: list[int], loops: list[str]) -> list[Row]:
                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
             )
             if out.returncode != 0:
-                rows.append(Row("concurrency", f"{n} children", loop, missing=out.stderr.strip()[-300:]))
+                rows.append(
+                    Row("concurrency", f"{n} children", loop, missing=out.stderr.strip()[-300:])
+                )
                 continue
             data = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append(Row("concurrency", f"{n} children", loop, n, data["start_all_s"] * 1e3 / n, data["lag_p99_ms"], extra=data))
+            rows.append(
+                Row(
+                    "concurrency",
+                    f"{n} children",
+                    loop,
+                    n,
+                    data["start_all_s"] * 1e3 / n,
+                    data["lag_p99_ms"],
+                    extra=data,
+                )
+            )
     return rows
 
 

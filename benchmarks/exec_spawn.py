@@ -46,8 +46,16 @@ async def run(rounds: int) -> list[Row]:
         _program("create_subprocess_exec /bin/true (floor)", ["/bin/true"], "coreutils"),
         _aiospaces(False),
         _aiospaces(True),
-        _program("unshare -Ur -pf -m -u -i", ["unshare", "-Ur", "-pf", "-m", "-u", "-i", "/bin/true"], "util-linux"),
-        _program("bwrap --unshare-all --ro-bind / /", ["bwrap", "--unshare-all", "--ro-bind", "/", "/", "/bin/true"], "apt-get install bubblewrap"),
+        _program(
+            "unshare -Ur -pf -m -u -i",
+            ["unshare", "-Ur", "-pf", "-m", "-u", "-i", "/bin/true"],
+            "util-linux",
+        ),
+        _program(
+            "bwrap --unshare-all --ro-bind / /",
+            ["bwrap", "--unshare-all", "--ro-bind", "/", "/", "/bin/true"],
+            "apt-get install bubblewrap",
+        ),
     ]
     candidates[0].floor = True
     return await interleave("exec spawn-to-exit", "user+pid+mnt+uts+ipc", candidates, rounds)

@@ -21,8 +21,17 @@ from ._harness import Candidate, Row, interleave
 NS_SETS = {
     "none": 0,
     "user+pid": CLONE_NEWUSER | CLONE_NEWPID,
-    "user+pid+mnt+uts+ipc": CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC,
-    "all with net": CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET,
+    "user+pid+mnt+uts+ipc": CLONE_NEWUSER
+    | CLONE_NEWPID
+    | CLONE_NEWNS
+    | CLONE_NEWUTS
+    | CLONE_NEWIPC,
+    "all with net": CLONE_NEWUSER
+    | CLONE_NEWPID
+    | CLONE_NEWNS
+    | CLONE_NEWUTS
+    | CLONE_NEWIPC
+    | CLONE_NEWNET,
 }
 _PYSPACES_KW = {
     CLONE_NEWUSER: "newuser",
@@ -42,7 +51,7 @@ async def fork_floor() -> None:
     pid = os.fork()
     if pid == 0:
         os._exit(0)
-    os.waitpid(pid, 0)
+    os.waitpid(pid, 0)  # noqa: ASYNC222 - the floor: a blocking fork+wait
 
 
 def _pyspaces(flags: int) -> Candidate:

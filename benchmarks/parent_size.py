@@ -36,7 +36,11 @@ async def measure(rounds: int) -> dict[str, Any]:
             await child.result()
             lat.append(time.perf_counter() - t0)
             await asyncio.sleep(0.002)
-    return {"median_ms": statistics.median(lat) * 1e3, "p90_ms": pct(lat, 0.9) * 1e3, **lag.summary()}
+    return {
+        "median_ms": statistics.median(lat) * 1e3,
+        "p90_ms": pct(lat, 0.9) * 1e3,
+        **lag.summary(),
+    }
 
 
 def main() -> None:
@@ -59,19 +63,45 @@ def run(sizes: list[int], rounds: int) -> list[Row]:
     base = None
     for mib in sizes:
         out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.parent_size", "--mib", str(mib), "--rounds", str(rounds)],
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.parent_size",
+                "--mib",
+                str(mib),
+                "--rounds",
+                str(rounds),
+            ],
             capture_output=True,
             text=True,
             check=False,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         )
         if out.returncode != 0:
-            rows.append(Row("parent size", f"{mib} MiB", "aiospaces.spawn", missing=out.stderr.strip()[-300:]))
+            rows.append(
+                Row(
+                    "parent size",
+                    f"{mib} MiB",
+                    "aiospaces.spawn",
+                    missing=out.stderr.strip()[-300:],
+                )
+            )
             continue
         data = json.loads(out.stdout.strip().splitlines()[-1])
         if base is None:
             base = data["median_ms"]
-        rows.append(Row("parent size", f"{mib} MiB parent", "aiospaces.spawn user+pid", rounds, data["median_ms"], data["p90_ms"], data["median_ms"] / base, extra=data))
+        rows.append(
+            Row(
+                "parent size",
+                f"{mib} MiB parent",
+                "aiospaces.spawn user+pid",
+                rounds,
+                data["median_ms"],
+                data["p90_ms"],
+                data["median_ms"] / base,
+                extra=data,
+            )
+        )
     return rows
 
 

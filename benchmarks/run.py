@@ -30,7 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _find(rows: list[Row], scenario: str, case: str, name_prefix: str) -> Row | None:
     for r in rows:
-        if r.scenario == scenario and r.case == case and r.name.startswith(name_prefix) and not r.missing:
+        if (
+            r.scenario == scenario
+            and r.case == case
+            and r.name.startswith(name_prefix)
+            and not r.missing
+        ):
             return r
     return None
 
@@ -39,7 +44,14 @@ def targets(rows: list[Row]) -> list[tuple[str, str, str, bool | None]]:
     """(target, measured, issue, met) for every target the issues name."""
     out: list[tuple[str, str, str, bool | None]] = []
 
-    def add(target: str, issue: str, value: float | None, limit: float, fmt: str, higher_is_better: bool = False) -> None:
+    def add(
+        target: str,
+        issue: str,
+        value: float | None,
+        limit: float,
+        fmt: str,
+        higher_is_better: bool = False,
+    ) -> None:
         if value is None:
             out.append((target, "not measured", issue, None))
             return
@@ -70,19 +82,56 @@ def targets(rows: list[Row]) -> list[tuple[str, str, str, bool | None]]:
     for n, limit, issue in ((1000, 10.0, "#3"), (5000, 20.0, "#9")):
         for loop in ("asyncio", "uvloop"):
             r = _find(rows, "concurrency", f"{n} children", loop)
-            add(f"{n} children ({loop}): loop lag p99 ≤ {limit:g} ms", issue, r.extra["lag_p99_ms"] if r else None, limit, "{:.1f} ms")
+            add(
+                f"{n} children ({loop}): loop lag p99 ≤ {limit:g} ms",
+                issue,
+                r.extra["lag_p99_ms"] if r else None,
+                limit,
+                "{:.1f} ms",
+            )
             if n == 5000:
-                add(f"5000 children ({loop}): no thread beyond main", "#9", r.extra["threads_max"] if r else None, 1, "{:.0f} thread(s)")
-                add(f"5000 children ({loop}): parent memory/child ≤ 16 KiB", "#9", r.extra["parent_rss_kib_per_child"] if r else None, 16, "{:.1f} KiB")
-    big = next((r for r in rows if r.scenario == "parent size" and r.case.startswith("1024") and not r.missing), None)
-    add("1 GiB parent: spawn ≤ 1.5x a 50 MiB parent", "#9", big.ratio if big else None, 1.5, "{:.2f}x")
-    add("1 GiB parent: no spawn blocks the loop > 5 ms", "#9", big.extra["lag_max_ms"] if big else None, 5, "{:.1f} ms")
+                add(
+                    f"5000 children ({loop}): no thread beyond main",
+                    "#9",
+                    r.extra["threads_max"] if r else None,
+                    1,
+                    "{:.0f} thread(s)",
+                )
+                add(
+                    f"5000 children ({loop}): parent memory/child ≤ 16 KiB",
+                    "#9",
+                    r.extra["parent_rss_kib_per_child"] if r else None,
+                    16,
+                    "{:.1f} KiB",
+                )
+    big = next(
+        (
+            r
+            for r in rows
+            if r.scenario == "parent size" and r.case.startswith("1024") and not r.missing
+        ),
+        None,
+    )
+    add(
+        "1 GiB parent: spawn ≤ 1.5x a 50 MiB parent",
+        "#9",
+        big.ratio if big else None,
+        1.5,
+        "{:.2f}x",
+    )
+    add(
+        "1 GiB parent: no spawn blocks the loop > 5 ms",
+        "#9",
+        big.extra["lag_max_ms"] if big else None,
+        5,
+        "{:.1f} ms",
+    )
     return out
 
 
 def machine() -> dict[str, Any]:
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "kernel": platform.release(),
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
@@ -91,10 +140,12 @@ def machine() -> dict[str, Any]:
     }
 
 
-def render(rows: list[Row], tg: list[tuple[str, str, str, bool | None]], info: dict[str, Any]) -> str:
+def render(
+    rows: list[Row], tg: list[tuple[str, str, str, bool | None]], info: dict[str, Any]
+) -> str:
     lines = [
-        f"Machine: Linux {info['kernel']}, {info['cpus']} CPUs, {info['mem_gib']} GiB, Python {info['python']}, "
-        f"euid {info['uid']}; {info['date']}.",
+        f"Machine: Linux {info['kernel']}, {info['cpus']} CPUs, {info['mem_gib']} GiB, "
+        f"Python {info['python']}, euid {info['uid']}; {info['date']}.",
         "",
         "## Targets",
         "",
@@ -102,13 +153,21 @@ def render(rows: list[Row], tg: list[tuple[str, str, str, bool | None]], info: d
         "|---|---|---|---|",
     ]
     for t, measured, issue, met in tg:
-        lines.append(f"| {t} | {issue} | {measured} | {'yes' if met else ('no' if met is False else '–')} |")
+        lines.append(
+            f"| {t} | {issue} | {measured} | {'yes' if met else ('no' if met is False else '-')} |"
+        )
     lines += ["", "## All measurements", "", markdown(rows)]
     extra = [r for r in rows if r.extra]
     if extra:
         lines += ["", "## Details", ""]
         for r in extra:
-            lines.append(f"- {r.scenario} / {r.case} / {r.name}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.extra.items()))
+            lines.append(
+                f"- {r.scenario} / {r.case} / {r.name}: "
+                + ", ".join(
+                    f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in r.extra.items()
+                )
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -145,7 +204,13 @@ def chart(rows: list[Row], path: Path) -> bool:
             ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{loop} p99")
         pts = sorted((r.extra["n"], r.extra["lag_max_ms"]) for r in conc if r.name == loop)
         if pts:
-            ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="x", linestyle="--", label=f"{loop} max")
+            ax2.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="x",
+                linestyle="--",
+                label=f"{loop} max",
+            )
     ax2.set_xlabel("concurrent children")
     ax2.set_ylabel("1 ms heartbeat overshoot (ms)")
     ax2.set_title("event-loop lag while children start")
@@ -162,11 +227,19 @@ async def _async_part(rounds: int, exec_rounds: int) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="under a minute (default)")
-    mode.add_argument("--full", action="store_true", help="a few minutes: 1,000 and 5,000 children, 1 GiB parent")
-    ap.add_argument("--docs", action="store_true", help="rewrite docs/benchmarks.md and docs/benchmarks.png")
+    mode.add_argument(
+        "--full", action="store_true", help="a few minutes: 1,000 and 5,000 children, 1 GiB parent"
+    )
+    ap.add_argument(
+        "--docs", action="store_true", help="rewrite docs/benchmarks.md and docs/benchmarks.png"
+    )
     a = ap.parse_args(argv)
     full = a.full
     rounds = 200 if full else 40
@@ -178,7 +251,14 @@ def main(argv: list[str] | None = None) -> int:
 
         rows += pool_throughput.run(full)
     except ImportError:
-        rows.append(Row("pool throughput", "trivial tasks", "SandboxPool", missing="pool not available in this checkout"))
+        rows.append(
+            Row(
+                "pool throughput",
+                "trivial tasks",
+                "SandboxPool",
+                missing="pool not available in this checkout",
+            )
+        )
     info = machine()
     tg = targets(rows)
     text = render(rows, tg, info)
@@ -187,12 +267,22 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(exist_ok=True)
     stamp = info["date"].replace(":", "")
     (out / f"{stamp}.md").write_text(text)
-    (out / f"{stamp}.json").write_text(json.dumps({"machine": info, "rows": [asdict(r) for r in rows], "targets": tg}, indent=1, default=str))
+    (out / f"{stamp}.json").write_text(
+        json.dumps(
+            {"machine": info, "rows": [asdict(r) for r in rows], "targets": tg},
+            indent=1,
+            default=str,
+        )
+    )
     if a.docs:
         docs = ROOT / "docs"
         docs.mkdir(exist_ok=True)
         has_chart = chart(rows, docs / "benchmarks.png")
-        head = (ROOT / "docs" / "benchmarks.head.md").read_text() if (docs / "benchmarks.head.md").exists() else "# Benchmarks\n\n"
+        head = (
+            (ROOT / "docs" / "benchmarks.head.md").read_text()
+            if (docs / "benchmarks.head.md").exists()
+            else "# Benchmarks\n\n"
+        )
         body = head + ("![latency and loop lag](benchmarks.png)\n\n" if has_chart else "") + text
         (docs / "benchmarks.md").write_text(body)
     return 0
