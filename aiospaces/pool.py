@@ -375,6 +375,10 @@ class SandboxPool:
         cancels them too once the generator is closed: use
         ``contextlib.aclosing(pool.map(...))`` to make that immediate.
 
+        Cancellation: cancelling the task that iterates raises
+        ``CancelledError`` out of the iteration and cancels every task taken
+        ahead (their sandboxes killed and reaped) once the generator closes.
+
         >>> async for y in pool.map(math.factorial, range(1000)):  # doctest: +SKIP
         ...     print(y)
         """
@@ -412,6 +416,7 @@ class SandboxPool:
         ``shutdown()``. Call it while the pool's loop runs.
         """
         loop = self._bind()
+        self._check_open()
         ex = PoolExecutor(self, loop)
         self._executors.append(ex)
         return ex

@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -44,6 +45,10 @@ from aiospaces.pool import SandboxPool
 MAX_OUTPUT = 4096
 MAX_REQUEST = 64 * 1024
 MEMORY = 256 << 20
+
+# The interpreter itself, not a venv's link to it: the sandbox's /tmp is empty
+# and a venv may live there. -I -S: no site, no user paths, no PYTHON* env.
+PYTHON = os.path.realpath(sys.executable)
 
 SANDBOX = Sandbox(
     namespaces={"user", "pid", "mnt", "net", "ipc", "uts"},
@@ -57,7 +62,7 @@ def run_code(code: str) -> tuple[int, str, str]:
     """In the sandbox: run ``code`` in a fresh interpreter; plain data back."""
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
     proc = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code],
+        [PYTHON, "-I", "-S", "-c", code],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         check=False,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import resource
 import subprocess
 import sys
@@ -36,6 +37,10 @@ from aiospaces import Bind, ChildFailed, Proc, Sandbox, Tmpfs
 from aiospaces.pool import SandboxPool
 
 MAX_OUTPUT = 4096
+
+# The interpreter itself, not a venv's link to it: the sandbox's /tmp is empty
+# and a venv may live there. -I -S: no site, no user paths, no PYTHON* env.
+PYTHON = os.path.realpath(sys.executable)
 
 SANDBOX = Sandbox(
     namespaces={"user", "pid", "mnt", "net", "ipc", "uts"},
@@ -63,7 +68,7 @@ def run_snippet(code: str, memory: int) -> tuple[int, bytes, bytes]:
     """In the sandbox: run ``code`` in a fresh interpreter under RLIMIT_AS."""
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     proc = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code],
+        [PYTHON, "-I", "-S", "-c", code],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         check=False,

@@ -545,3 +545,24 @@ async def test_exec_mode_missing_program_raises_at_start() -> None:
         with pytest.raises(FileNotFoundError):
             await sup.start(["/nonexistent/prog"], name="x")
         assert sup.status() == {}
+
+
+# -- Sandbox ---------------------------------------------------------------------------------
+
+
+@pytest.mark.userns
+async def test_sandbox_spec_for_fn_and_exec_targets() -> None:
+    from aiospaces import Sandbox
+
+    sb = Sandbox(namespaces={"user", "pid", "uts"}, hostname="supervised")
+
+    def check_hostname() -> None:
+        os._exit(0 if os.uname().nodename == "supervised" and os.getpid() == 1 else 9)
+
+    async with Supervisor() as sup:
+        await sup.start(check_hostname, name="fn", sandbox=sb, restart="never")
+        await sup.start(["sh", "-c", 'test "$(hostname)" = supervised'], name="exec",
+                        sandbox=sb, restart="never")  # fmt: skip
+        await sup.wait()
+        assert sup.status()["fn"].returncode == 0
+        assert sup.status()["exec"].returncode == 0
