@@ -59,7 +59,8 @@ Semantics match :mod:`aiospaces._init`: the program is PID 2, gets
 SIGTERM/SIGINT/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 forwarded, and its end ends
 the sandbox.
 
-Eligible spawns use this path by default (:func:`enabled`); set
+Eligible spawns (no child-side Python steps, no ``CLONE_NEWTIME``) use
+this path by default (:func:`enabled`); set
 ``AIOSPACES_EXEC_PATH=fork`` to force the fork path. Hosts without the C
 extension, without clone3 (Linux < 5.3) or on other architectures than
 x86_64 and aarch64 use the fork path.
@@ -76,6 +77,7 @@ import socket
 from dataclasses import dataclass
 
 from ._launch import Launched, StartedOn, _flush_stdio
+from ._linux import constants as C
 from ._linux import has_clone3
 from ._linux.clone import _clone_error
 from .idmap import MapPlan, write_maps, write_maps_async
@@ -103,9 +105,17 @@ def available() -> bool:
     return _fork is not None and hasattr(_fork, "spawn_exec") and has_clone3()
 
 
-def enabled() -> bool:
-    """Eligible exec-mode spawns take the C path (``AIOSPACES_EXEC_PATH``
-    unset or anything but ``fork``)."""
+def enabled(flags: int = 0) -> bool:
+    """Exec-mode spawns with ``flags`` take the C path (``AIOSPACES_EXEC_PATH``
+    unset or anything but ``fork``).
+
+    Not with ``CLONE_NEWTIME``: a child that shares its parent's memory
+    stays in the parent's time namespace (the kernel moves only a fresh mm
+    into ``time_for_children``), so the program would silently run without
+    it.
+    """
+    if flags & C.CLONE_NEWTIME:
+        return False
     return os.environ.get(ENV_VAR, "") != "fork" and available()
 
 

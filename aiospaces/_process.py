@@ -814,7 +814,7 @@ async def _start(
                 )
             )
         try:
-            if _fastexec.enabled() and not plan.steps and compiled is None:
+            if _fastexec.enabled(flags) and not plan.steps and compiled is None:
                 # The C path (aiospaces._fastexec): no interpreter copy.
                 core = await _fastexec.launch_exec(
                     flags,

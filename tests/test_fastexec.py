@@ -20,6 +20,7 @@ import pytest
 from test_init import alive_with, marker
 
 from aiospaces import CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, SpawnError, _fastexec
+from aiospaces._linux.constants import CLONE_NEWTIME
 from aiospaces._process import PIPE, STDOUT, create_process, run
 
 USER_PID = CLONE_NEWUSER | CLONE_NEWPID
@@ -163,6 +164,19 @@ async def test_c_init_forwards_to_a_handler_and_reports_its_status(path: str) ->
     assert proc.returncode == 7
 
 
+@needs_fast
+async def test_program_runs_when_create_process_returns(monkeypatch: pytest.MonkeyPatch) -> None:
+    # R comes after the program's execve completed: its cmdline is there.
+    # (The fork path's init sends R when posix_spawn's vfork returns, which
+    # is before the kernel has loaded the image: it can lose this race.)
+    monkeypatch.delenv(_fastexec.ENV_VAR, raising=False)
+    for _ in range(20):
+        mark = marker()
+        async with await create_process(["sleep", mark], USER_PID, map_zero=True) as proc:
+            assert alive_with(mark)
+        assert proc.returncode == -signal.SIGKILL
+
+
 async def test_c_init_reaps_orphans_and_ends_the_sandbox(path: str) -> None:
     mark = marker()
     script = (
@@ -209,6 +223,8 @@ async def test_program_starts_with_default_signals(
     f = _status_fields(done.stdout)
     assert f["SigBlk"] == 0 and f["SigCgt"] == 0, f
     assert not f["SigIgn"] & (1 << (signal.SIGPIPE - 1)), f
+    # The C init traces the program only until its execve completes.
+    assert b"\nTracerPid:\t0\n" in done.stdout
     assert got == []
 
 
@@ -271,3 +287,16 @@ async def test_many_concurrent_spawns(path: str) -> None:
     ]
     done = await asyncio.gather(*runs)
     assert [d.returncode for d in done] == [i % 5 for i in range(40)]
+
+
+@pytest.mark.parametrize("pid", [0, CLONE_NEWPID])
+async def test_time_namespace_takes_the_fork_path(pid: int) -> None:
+    # A CLONE_VM child would stay in our time namespace: not eligible.
+    ours = os.readlink("/proc/self/ns/time")
+    flags = CLONE_NEWUSER | CLONE_NEWTIME | pid
+    async with await create_process(
+        ["readlink", "/proc/self/ns/time"], flags, map_zero=True, stdout=PIPE
+    ) as proc:
+        assert getattr(proc._core, "fastexec", False) is False
+        out, _ = await proc.communicate()
+    assert out.strip() and out.strip().decode() != ours

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -199,7 +200,8 @@ struct sx_plan {
     char **envp;
     const char *cwd; /* NULL: keep ours */
     struct sx_err err[SX_NSTEPS];
-    volatile int prog_errno; /* written by the init's program child */
+    volatile int prog_errno;  /* written by the init's program child */
+    volatile int prog_traced; /* the program child is traced by the init */
     char *stack1_top;
     char *stack2_top;
 };
@@ -398,6 +400,8 @@ sx_program_signals(void)
 __attribute__((noreturn)) static void
 sx_program_main(struct sx_plan *p)
 {
+    /* Traced by the init until its execve has finished (see sx_init_main). */
+    p->prog_traced = SYS4(SYS_ptrace, PTRACE_TRACEME, 0, 0, 0) == 0;
     sx_program_signals();
     sx_setmask(0);
     long err = sx_exec_candidates(p);
@@ -432,6 +436,7 @@ sx_init_main(struct sx_plan *p)
     ca.stack = (uint64_t)(uintptr_t)(p->stack2_top - SX_STACK_SIZE);
     ca.stack_size = SX_STACK_SIZE;
     p->prog_errno = 0;
+    p->prog_traced = 0;
     long prog = sx_clone3_run(&ca, CLONE_ARGS_SIZE_VER0, sx_program_main, p);
     if (prog < 0) {
         sx_fail(p, SX_STEP_SETUP, prog);
@@ -440,6 +445,38 @@ sx_init_main(struct sx_plan *p)
         int st;
         SYS4(SYS_wait4, prog, &st, 0, 0);
         sx_fail(p, SX_STEP_EXECVE, p->prog_errno);
+    }
+    int prog_status = -1;
+    int done = 0;
+    /* CLONE_VFORK resumes us when the program's execve has replaced its
+     * memory, before the kernel has loaded the new image (its
+     * /proc/PID/cmdline is still empty then). "R" promises a running
+     * program, so the init waits for the SIGTRAP stop that a traced
+     * process takes once execve has completed, and detaches without
+     * delivering it. Where ptrace is refused (Yama scope 3, an LSM), R
+     * goes out at the vfork return instead. */
+    while (p->prog_traced) {
+        int st = 0;
+        long r = SYS4(SYS_wait4, prog, &st, __WALL, 0);
+        if (r == -EINTR) {
+            continue;
+        }
+        if (r != prog) {
+            break;
+        }
+        if (WIFSTOPPED(st)) {
+            if (WSTOPSIG(st) == SIGTRAP) {
+                SYS4(SYS_ptrace, PTRACE_DETACH, prog, 0, 0);
+                break;
+            }
+            /* Some other signal reached it first: deliver it, keep waiting. */
+            SYS4(SYS_ptrace, PTRACE_CONT, prog, 0, WSTOPSIG(st));
+            continue;
+        }
+        prog_status = st; /* killed (or exited) before its first instruction */
+        done = 1;
+        SYS2(SYS_kill, -1, SIGKILL);
+        break;
     }
     /* The init needs nothing but the channel now (see aiospaces._init). */
     if (p->chan > 0) {
@@ -454,8 +491,6 @@ sx_init_main(struct sx_plan *p)
     for (int i = 0; i < SX_NFORWARDED; i++) {
         waitset |= sx_bit(sx_forwarded[i]);
     }
-    int prog_status = -1;
-    int done = 0;
     for (;;) {
         int st = 0;
         long r = SYS4(SYS_wait4, -1, &st, done ? 0 : WNOHANG, 0);
