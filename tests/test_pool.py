@@ -456,3 +456,20 @@ async def test_bad_arguments() -> None:
         with pytest.raises(ValueError, match="CLONE_NEWUSER"):
             await SandboxPool(1, map_zero=True).run(square, 1)
         assert "SandboxPool open size=1" in repr(pool)
+
+
+async def test_cancelling_a_map_consumer_kills_what_it_started() -> None:
+    async with SandboxPool(3) as pool:
+
+        async def consume() -> None:
+            async for _ in pool.map(sleep_then, [30] * 10):
+                pass
+
+        task = asyncio.ensure_future(consume())
+        while len(child_pids()) < 3:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert all(proc_state(p) is None for p in child_pids())
+        assert await pool.run(square, 3) == 9
