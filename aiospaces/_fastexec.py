@@ -96,6 +96,10 @@ DIE_WITH_PARENT = 1
 WITH_INIT = 2
 CLOSE_FDS = 4
 STDERR_TO_STDOUT = 8
+WAIT_EXEC = 16
+
+# The init sends R once the program's execve has completed (ptrace handshake).
+wait_exec = True
 
 _ERRNO_MARK = "@@ERRNO@@"
 
@@ -194,6 +198,7 @@ async def launch_exec(
         | (WITH_INIT if plan.with_init else 0)
         | (CLOSE_FDS if plan.close_fds else 0)
         | (STDERR_TO_STDOUT if plan.stderr_to_stdout else 0)
+        | (WAIT_EXEC if wait_exec else 0)
     )
     srcs = set(plan.sources)
     keep = sorted({csock, *(fd for fd in plan.pass_fds if fd >= 3 and fd not in srcs)})

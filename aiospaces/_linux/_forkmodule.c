@@ -157,6 +157,7 @@ fork_clone_legacy(PyObject *module, PyObject *args)
 #define SX_WITH_INIT 2
 #define SX_CLOSE_FDS 4
 #define SX_STDERR_TO_STDOUT 8
+#define SX_WAIT_EXEC 16 /* the init sends R once execve has completed */
 
 #define SX_STEP_EXECVE 0
 #define SX_STEP_CHDIR 1
@@ -401,7 +402,9 @@ __attribute__((noreturn)) static void
 sx_program_main(struct sx_plan *p)
 {
     /* Traced by the init until its execve has finished (see sx_init_main). */
-    p->prog_traced = SYS4(SYS_ptrace, PTRACE_TRACEME, 0, 0, 0) == 0;
+    if (p->flags & SX_WAIT_EXEC) {
+        p->prog_traced = SYS4(SYS_ptrace, PTRACE_TRACEME, 0, 0, 0) == 0;
+    }
     sx_program_signals();
     sx_setmask(0);
     long err = sx_exec_candidates(p);
