@@ -42,14 +42,26 @@ read it unchanged)::
 
     init (CLONE_NEWPID, as_pid_1=False): the child is PID 1
                                              clone3(CLONE_VM|CLONE_VFORK) → the program,
-                                             which resets the forwarded signals and
-                                             execs; the init resumes after its execve
+                                             which calls PTRACE_TRACEME, resets the
+                                             forwarded signals and execs; the init
+                                             resumes once execve has replaced its
+                                             memory, waits for the SIGTRAP stop that
+                                             ends a traced execve, and detaches
+                                             (suppressing the SIGTRAP)
     started on R             ◀── R           (or E, step "execve": exec failed)
                                              close every fd but the channel; loop on
                                              rt_sigtimedwait(forwarded + SIGCHLD):
     terminate() ── SIGTERM ─▶ init ─kill─▶   program; wait4(-1, WNOHANG) reaps orphans
                                              program gone: kill(-1, SIGKILL), reap all
     returncode               ◀── S           the program's returncode; _exit(rc or 128+N)
+
+Why the ptrace step: the vfork return comes before the kernel has loaded
+the new image (the program's ``/proc/PID/cmdline`` is still empty), and
+``R`` promises a running program. It costs about 0.1 ms; where ptrace is
+refused (Yama scope 3, an LSM) the init sends ``R`` at the vfork return.
+The tracer is the init, which holds every capability in the program's user
+namespace, so a traced execve loses no privilege. ``wait_exec = False``
+turns it off (for measuring).
 
 The init keeps every signal blocked and takes the forwarded ones with
 ``rt_sigtimedwait``: the kernel queues a blocked signal even for a
