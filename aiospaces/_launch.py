@@ -85,6 +85,10 @@ class Launched:
         self.result_frames: list[_frames.Frame] = []
         self.protocol_error: Exception | None = None
         self.truncated = False
+        # Called once the child is reaped, before ``done`` resolves (a
+        # sandbox's guard: OOM counters, cgroup removal). See limits.py.
+        self.on_reaped: list[Callable[[int | None], None]] = []
+        self.sent_kill = False  # the parent sent SIGKILL (not a limit)
         self.started: asyncio.Future[None] = loop.create_future()
         self.done: asyncio.Future[None] = loop.create_future()
         self.exit = ExitWatch(loop, self._on_exit)
@@ -148,6 +152,13 @@ class Launched:
             self._on_eof()
         if not self.started.done():
             self._fail_start()
+        for hook in self.on_reaped:
+            try:
+                hook(rc)
+            except Exception as exc:  # a hook must not break the reaping
+                self.loop.call_exception_handler(
+                    {"message": "aiospaces: an on_reaped hook failed", "exception": exc}
+                )
         if not self.done.done():
             self.done.set_result(None)
 
@@ -188,6 +199,8 @@ class Launched:
         fd = self.exit.pidfd
         if fd < 0:
             raise ProcessLookupError(f"process {self.pid} has already been reaped")
+        if sig == signal.SIGKILL:
+            self.sent_kill = True
         signal.pidfd_send_signal(fd, sig)
 
     async def kill_and_reap(self) -> None:

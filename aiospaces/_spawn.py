@@ -25,7 +25,9 @@ from ._errors import ChildError, ChildExited, ChildKilled, ChildLost
 from ._launch import Launched, launch
 from ._linux import constants as C
 from ._linux import validate_flags
+from .cgroups import SandboxCgroup
 from .idmap import MapPlan, MapSpec, plan_maps
+from .limits import SandboxGuard
 from .sandbox import Sandbox
 
 T = TypeVar("T")
@@ -164,12 +166,19 @@ class Child(Generic[T]):
     ...     assert await child.result() == 42
     """
 
-    __slots__ = ("_core", "_flags", "_format")
+    __slots__ = ("_core", "_flags", "_format", "_guard")
 
-    def __init__(self, core: Launched, flags: int, result_format: str = "pickle") -> None:
+    def __init__(
+        self,
+        core: Launched,
+        flags: int,
+        result_format: str = "pickle",
+        guard: SandboxGuard | None = None,
+    ) -> None:
         self._core = core
         self._flags = flags
         self._format = result_format
+        self._guard = guard  # a Sandbox's limits: timeout, OOM, its cgroup
 
     @property
     def pid(self) -> int:
@@ -187,6 +196,21 @@ class Child(Generic[T]):
     @property
     def flags(self) -> int:
         return self._flags
+
+    @property
+    def oom_killed(self) -> bool:
+        """True once reaped if the OOM killer killed a process in the sandbox's cgroup."""
+        return self._guard is not None and self._guard.oom_killed
+
+    @property
+    def timed_out(self) -> bool:
+        """True if the Sandbox's ``timeout`` expired and killed the sandbox."""
+        return self._guard is not None and self._guard.timed_out
+
+    @property
+    def cgroup(self) -> SandboxCgroup | None:
+        """The sandbox's cgroup (removed once the child is reaped), or None."""
+        return self._guard.cgroup if self._guard is not None else None
 
     def __repr__(self) -> str:
         core = self._core
@@ -218,6 +242,8 @@ class Child(Generic[T]):
         core = self._core
         if not core.done.done():
             await asyncio.shield(core.done)
+        if self._guard is not None:  # its cgroup removed (cancelling leaves it to finish)
+            await self._guard.settled()
         if core.lost:
             raise ChildLost(core.pid)
         assert core.returncode is not None
@@ -249,7 +275,13 @@ class Child(Generic[T]):
         if core.truncated:
             raise ChildError(f"the child's result was truncated (it {_status(rc)})")
         if rc < 0:
-            raise ChildKilled(rc)
+            reason = self._guard.reason(rc) if self._guard is not None else "signal"
+            if reason == "timeout":
+                assert self._guard is not None
+                raise TimeoutError(
+                    f"the sandbox timed out after {self._guard.timeout:g} s and was killed"
+                ) from ChildKilled(rc, reason)
+            raise ChildKilled(rc, reason)
         raise ChildExited(rc)
 
     def _decode(self, frame: _frames.Frame) -> T:
@@ -295,6 +327,8 @@ class Child(Generic[T]):
         tb: TracebackType | None,
     ) -> None:
         await self._core.kill_and_reap()
+        if self._guard is not None:
+            await self._guard.settled()
 
 
 def _status(rc: int) -> str:
@@ -462,5 +496,7 @@ async def _spawn_sandboxed(
             maps=compiled.maps,
             parent_steps=compiled.parent_steps,
             started_on="R" if wait_running else "go",
+            cgroup_fd=compiled.cgroup_fd,
         )
-    return Child(core, flags, result_format)
+        guard = compiled.supervise(core)
+    return Child(core, flags, result_format, guard)

@@ -56,12 +56,16 @@ Child-side failures come back as :class:`~aiospaces.SpawnError` whose
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import resource
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Final, Literal, Self
+from typing import Any, Final, Literal, Self
 
+from . import cgroups as _cg
+from . import hardening as _hd
 from ._child import Step
 from ._enter import (
     NS_FLAG,
@@ -74,7 +78,8 @@ from ._enter import (
     differing,
     open_target,
 )
-from ._launch import ParentStep
+from ._errors import SpawnError
+from ._launch import Launched, ParentStep
 from ._linux import constants as C
 from ._linux import setdomainname, sethostname
 from ._mounts import (
@@ -102,12 +107,15 @@ from ._netns import (
     unique_host_ifname,
     veth_inside_step,
 )
+from .hardening import Landlock, SeccompPolicy
 from .idmap import MapPlan, MapSpec, parse_map, plan_maps
+from .limits import Rlimit, SandboxGuard, check_raisable, parse_rlimits, parse_size
 
 __all__ = [
     "Bind",
     "CompiledSandbox",
     "Dev",
+    "Landlock",
     "Mount",
     "Proc",
     "ReadOnly",
@@ -128,6 +136,7 @@ _ALIASES: Final = {
     "newipc": "ipc",
 }
 _HOST_NAME_MAX: Final = 64
+_RLIM_INFINITY: Final = resource.RLIM_INFINITY
 
 
 def _names(value: object, field_name: str) -> frozenset[str]:
@@ -231,6 +240,20 @@ class Sandbox:
     Namespaces in ``namespaces`` are then made new after joining (not
     ``user``, ``pid`` or ``time``).
 
+    Limits (:mod:`aiospaces.limits`, :mod:`aiospaces.cgroups`): ``rlimits``
+    (``{"NOFILE": 256, "CPU": 2}``); cgroup limits ``memory_max`` and
+    ``memory_swap_max`` (bytes, or ``"512M"``), ``pids_max``, ``cpu_max``
+    (a fraction of one CPU: ``0.5``); ``cgroup`` (``True``: a cgroup even
+    without limits, to kill and account the whole sandbox; ``"v1"``/``"v2"``
+    forces a version); ``timeout`` (seconds: the whole sandbox is killed and
+    ``result()`` raises ``TimeoutError``).
+
+    Hardening (:mod:`aiospaces.hardening`): ``no_new_privs`` (default True),
+    ``keep_caps`` (default: drop every capability; ``"all"``: leave them),
+    ``seccomp`` (``"default"``, ``"no-network"``, ``{"syscall": action}``, or a
+    sequence of those), ``landlock`` (a :class:`Landlock`). They are applied
+    last, seccomp at the very end. :meth:`untrusted` combines them all.
+
     >>> Sandbox(namespaces={"user", "pid"}, mounts=(Proc(),)).namespaces == {"user", "pid", "mnt"}
     True
     >>> Sandbox(mounts=(Proc(),))
@@ -256,10 +279,26 @@ class Sandbox:
     clear_env: bool = False
     enter: EnterTarget | None = None
     join: frozenset[str] | Iterable[str] | None = None
+    # -- limits (aiospaces.limits, aiospaces.cgroups) --
+    rlimits: Mapping[str, Any] | tuple[Rlimit, ...] | None = field(default=None, hash=False)
+    memory_max: int | str | None = None
+    memory_swap_max: int | str | None = None
+    pids_max: int | None = None
+    cpu_max: float | None = None
+    cgroup: bool | Literal["v1", "v2"] | None = None
+    timeout: float | None = None
+    # -- hardening (aiospaces.hardening) --
+    no_new_privs: bool = True
+    keep_caps: frozenset[str] | Iterable[str] | Literal["all"] = frozenset()
+    seccomp: SeccompPolicy | str | Mapping[str, Any] | Iterable[Any] | None = field(
+        default=None, hash=False
+    )
+    landlock: Landlock | None = None
 
     def __post_init__(self) -> None:
         put = object.__setattr__
         ns = set(_names(self.namespaces, "namespaces"))
+        self._check_limits()
 
         # -- mounts ---------------------------------------------------------------
         mounts = self.mounts
@@ -409,6 +448,64 @@ class Sandbox:
                 )
         put(self, "namespaces", frozenset(ns))
 
+    def _check_limits(self) -> None:
+        put = object.__setattr__
+        rl = self.rlimits
+        if not (isinstance(rl, tuple) and all(isinstance(r, Rlimit) for r in rl)):
+            put(self, "rlimits", parse_rlimits(rl))
+        mem = parse_size(self.memory_max, "memory_max")
+        if mem is not None and mem < 1 << 20:
+            raise ValueError(f"memory_max {mem} is below 1 MiB: the child could not even start")
+        put(self, "memory_max", mem)
+        put(self, "memory_swap_max", parse_size(self.memory_swap_max, "memory_swap_max"))
+        if self.pids_max is not None:
+            if isinstance(self.pids_max, bool) or not isinstance(self.pids_max, int):
+                raise TypeError(f"pids_max must be an int, not {type(self.pids_max).__name__}")
+            if self.pids_max < 1:
+                raise ValueError(f"pids_max must be at least 1, not {self.pids_max}")
+        if self.cpu_max is not None:
+            if isinstance(self.cpu_max, bool) or not isinstance(self.cpu_max, (int, float)):
+                raise TypeError(f"cpu_max must be a number, not {type(self.cpu_max).__name__}")
+            ncpu = os.cpu_count() or 1
+            if not 0.01 <= self.cpu_max <= ncpu:
+                raise ValueError(
+                    f"cpu_max is a fraction of one CPU between 0.01 and {ncpu} (this host's "
+                    f"CPUs), not {self.cpu_max}"
+                )
+            put(self, "cpu_max", float(self.cpu_max))
+        if self.cgroup not in (None, True, False, "v1", "v2"):
+            raise ValueError(f"cgroup must be None, a bool, 'v1' or 'v2', not {self.cgroup!r}")
+        if self.cgroup is False and self.cgroup_limits().names():
+            raise ValueError("cgroup=False contradicts memory_max/memory_swap_max/pids_max/cpu_max")
+        if self.timeout is not None:
+            if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)):
+                raise TypeError(f"timeout must be a number of seconds, not {self.timeout!r}")
+            if not self.timeout > 0:
+                raise ValueError(f"timeout must be positive, not {self.timeout}")
+            put(self, "timeout", float(self.timeout))
+        if not isinstance(self.no_new_privs, bool):
+            raise TypeError(f"no_new_privs must be a bool, not {type(self.no_new_privs).__name__}")
+        put(self, "keep_caps", _hd.parse_caps(self.keep_caps))
+        if self.seccomp is not None:
+            policy = SeccompPolicy.parse(self.seccomp)
+            if not _hd.seccomp_available():
+                raise ImportError(
+                    "seccomp needs pyseccomp over the system libseccomp: "
+                    "pip install 'aiospaces[seccomp]' (Debian: apt install libseccomp2)"
+                )
+            put(self, "seccomp", policy)
+        if self.landlock is not None and not isinstance(self.landlock, Landlock):
+            raise TypeError(f"landlock must be a Landlock, not {type(self.landlock).__name__}")
+
+    def cgroup_limits(self) -> _cg.CgroupLimits:
+        """The cgroup limits of this spec (:class:`aiospaces.cgroups.CgroupLimits`)."""
+        return _cg.CgroupLimits(
+            self.memory_max,  # type: ignore[arg-type]  # normalised to int in __post_init__
+            self.memory_swap_max,  # type: ignore[arg-type]
+            self.pids_max,
+            self.cpu_max,
+        )
+
     def _map_zero(self, ns: Iterable[str] | None = None) -> bool:
         """The effective ``map_zero``: explicit, or True for a map-less new user ns."""
         if self.map_zero is not None:
@@ -458,6 +555,7 @@ class Sandbox:
         pass_fds: list[int] = []
         owned: list[int] = []
         clone_ns = ns
+        joined_ns: tuple[str, ...] = ()
         try:
             # -- enter: setns, fork into the pid ns, unshare the rest ----------------
             if self.enter is not None:
@@ -465,6 +563,7 @@ class Sandbox:
                 owned.append(fd)
                 wanted = self.join if self.join is not None else frozenset(NS_ORDER) - ns
                 names = differing(pid, tuple(n for n in NS_ORDER if n in wanted))
+                joined_ns = names
                 if names:
                     pass_fds.append(fd)
                     steps.append(SetNs(fd, _flags_of(names), "setns " + ",".join(names)))
@@ -505,6 +604,12 @@ class Sandbox:
             maps: MapPlan | None = None
             if "user" in clone_ns:
                 maps = plan_maps(self.uid_map, self.gid_map, self._map_zero())
+            # -- hardening, part 1: the bounding set while we still may -------------
+            # (a uid switch drops CAP_SETPCAP; KEEPCAPS keeps the kept ones across it)
+            in_userns = "user" in clone_ns or "user" in joined_ns
+            final, caps_steps = self._hardening_steps(in_userns)
+            steps.extend(caps_steps)
+
             if self.uid is not None or self.gid is not None:
                 allow_setgroups = not (maps is not None and maps.deny_setgroups)
                 steps.append(_SwitchIds(self.uid, self.gid, allow_setgroups))
@@ -518,6 +623,11 @@ class Sandbox:
                 env = dict(self.env or {})
             elif self.env:
                 env = {**os.environ, **self.env}
+
+            # -- limits: the cgroup last (nothing after it can fail) -------------------
+            cgroup, guard = self._cgroup_and_guard()
+            if cgroup is not None:
+                parent_steps.append(_AttachCgroup(cgroup))
         except BaseException:
             for fd in owned:
                 os.close(fd)
@@ -525,12 +635,68 @@ class Sandbox:
         return CompiledSandbox(
             flags=_flags_of(clone_ns) | rest,
             maps=maps,
-            child_steps=tuple(steps),
+            child_steps=(*steps, *final),
             parent_steps=tuple(parent_steps),
             env=env,
             pass_fds=tuple(pass_fds),
             _owned=owned,
+            final_steps=final,
+            cgroup=cgroup,
+            guard=guard,
         )
+
+    def _hardening_steps(self, in_userns: bool) -> tuple[tuple[Step, ...], list[Step]]:
+        """``(final steps, steps before the uid switch)``: rlimits and the fences."""
+        final: list[Step] = []
+        early: list[Step] = []
+        rlimits: tuple[Rlimit, ...] = self.rlimits  # type: ignore[assignment]
+        check_raisable(rlimits, _hd.has_cap(_hd.CAP_SYS_RESOURCE))
+        final.extend(rlimits)
+        if self.no_new_privs:
+            final.append(_hd.NoNewPrivs())
+        if self.landlock is not None:
+            abi = _hd.landlock_abi()
+            if abi:
+                final.append(_hd.LandlockStep(self.landlock.ruleset(abi)))
+            elif self.landlock.required:
+                from ._linux._landlock import unavailable_reason  # noqa: PLC0415
+
+                raise SpawnError(
+                    errno.EOPNOTSUPP, "Landlock is not available", step="landlock",
+                    hint=unavailable_reason() + "; or Landlock(..., required=False)",
+                )  # fmt: skip
+        if self.keep_caps != "all":
+            keep = _hd.caps_mask(self.keep_caps)
+            last = _hd.cap_last()
+            keepcaps = bool(keep) and self.uid is not None
+            # Without CAP_SETPCAP (unprivileged, no user namespace) the bounding set
+            # stays: no_new_privs then keeps execve from using it.
+            bounding = in_userns or _hd.has_cap(_hd.CAP_SETPCAP)
+            switch = self.uid is not None or self.gid is not None
+            if bounding and switch:  # a uid switch drops CAP_SETPCAP: do it before
+                early.append(_hd.CapsBounding(keep, last, keepcaps))
+            final.append(_hd.CapsFinal(_hd.capset(keep), last, keepcaps, bounding and not switch))
+        if self.seccomp is not None:
+            policy: SeccompPolicy = self.seccomp  # type: ignore[assignment]
+            final.append(_hd.SeccompStep(policy.compile()))
+        return tuple(final), early
+
+    def _cgroup_and_guard(self) -> tuple[_cg.SandboxCgroup | None, SandboxGuard | None]:
+        limits = self.cgroup_limits()
+        cgroup = None
+        if limits.names() or self.cgroup not in (None, False):
+            version = {"v1": 1, "v2": 2}.get(self.cgroup) if isinstance(self.cgroup, str) else None
+            cgroup = _cg.create(limits, version)  # type: ignore[arg-type]
+        rlimits: tuple[Rlimit, ...] = self.rlimits  # type: ignore[assignment]
+        cpu = next((r for r in rlimits if r.limit_name == "CPU"), None)
+        cpu_hard = cpu.hard if cpu is not None and cpu.hard != _RLIM_INFINITY else None
+        kills = self.seccomp is not None and self.seccomp.kills  # type: ignore[union-attr]
+        if cgroup is None and self.timeout is None and cpu_hard is None and not kills:
+            return None, None
+        guard = SandboxGuard(
+            cgroup=cgroup, timeout=self.timeout, cpu_hard=cpu_hard, seccomp_kills=kills
+        )
+        return cgroup, guard
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,18 +710,52 @@ class CompiledSandbox:
     env: dict[str, str] | None
     pass_fds: tuple[int, ...]
     _owned: list[int] = field(repr=False)
+    # The hardening steps at the end of child_steps (seccomp last): fn_steps
+    # puts the environment step before them.
+    final_steps: tuple[Step, ...] = ()
+    # The sandbox's cgroup (made by compile) and the guard that times it out,
+    # reads its OOM counter and removes it once the child is reaped.
+    cgroup: _cg.SandboxCgroup | None = None
+    guard: SandboxGuard | None = None
 
     @property
     def fn_steps(self) -> tuple[Step, ...]:
-        """``child_steps`` plus, when ``env`` is set, one that sets ``os.environ``."""
+        """``child_steps`` plus, when ``env`` is set, one that sets ``os.environ``
+        (before the hardening steps: seccomp stays the very last)."""
         if self.env is None:
             return self.child_steps
-        return (*self.child_steps, _SetEnviron(tuple(self.env.items())))
+        setup = self.child_steps[: len(self.child_steps) - len(self.final_steps)]
+        return (*setup, _SetEnviron(tuple(self.env.items())), *self.final_steps)
+
+    @property
+    def cgroup_fd(self) -> int:
+        """Pass as ``launch(cgroup_fd=...)``: a cgroup v2 leaf for CLONE_INTO_CGROUP, or -1.
+
+        Opened on first use, closed by :meth:`close`.
+        """
+        if self.cgroup is None or self.cgroup.version != 2:
+            return -1
+        return self.cgroup.open_fd()
+
+    def supervise(self, launched: Launched) -> SandboxGuard | None:
+        """Hand the launched child to the guard (timeout, OOM, cgroup cleanup).
+
+        Call it right after ``launch`` returned, before :meth:`close`;
+        returns the guard (None when the sandbox needs none).
+        """
+        if self.guard is not None:
+            self.guard.start(launched)
+        return self.guard
 
     def close(self) -> None:
-        """Close the fds this compile opened (idempotent)."""
+        """Close the fds this compile opened (idempotent). A cgroup that no
+        child was handed to (:meth:`supervise`) is removed."""
         while self._owned:
             os.close(self._owned.pop())
+        if self.cgroup is not None:
+            self.cgroup.close_fd()
+        if self.guard is not None:
+            self.guard.release()
 
     def __enter__(self) -> Self:
         return self
@@ -570,6 +770,21 @@ class CompiledSandbox:
 
 
 # --- small child-side steps ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _AttachCgroup:
+    """Parent-side: put the child in its cgroup before "go" (v1; v2 when not cloned into it)."""
+
+    cgroup: _cg.SandboxCgroup
+
+    async def __call__(self, pid: int) -> None:
+        try:
+            self.cgroup.attach(pid)
+        except OSError as exc:
+            raise SpawnError(
+                exc.errno or errno.EIO, exc.strerror, exc.filename, step="cgroup attach"
+            ) from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -355,7 +355,9 @@ def test_compile_orders_the_steps() -> None:
             "hostname",
             "loopback up",
             "cwd /",
+            "no_new_privs",  # the default hardening (aiospaces.hardening), last
+            "capabilities",
         ]
-        assert c.fn_steps[-1].name == "environment"
+        assert [s.name for s in c.fn_steps][-3:] == ["environment", "no_new_privs", "capabilities"]
         assert c.maps is not None and c.maps.uid_map is not None
         assert c.pass_fds == ()

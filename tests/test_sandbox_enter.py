@@ -164,7 +164,8 @@ async def test_enter_by_pid(first: Child[None]) -> None:
 async def test_a_spec_outliving_its_target(first: Child[None]) -> None:
     sb = Sandbox(enter=first, join={"user", "uts"})
     with sb.compile() as compiled:
-        assert [s.name for s in compiled.child_steps] == ["setns user,uts"]
+        names = [s.name for s in compiled.child_steps]
+        assert names == ["setns user,uts", "no_new_privs", "capabilities"]
         assert compiled.pass_fds and compiled.flags == 0
     first.kill()
     await first.wait()
