@@ -3,9 +3,10 @@
     python benchmarks/pool_bench.py [--tasks 2000] [--size 8] [--rounds 5] [--uvloop]
 
 Every candidate runs the same trivial task (``identity(i)``) ``--tasks``
-times, all submitted at once (the pool's backpressure keeps ``--size`` in
-flight), in interleaved rounds (A B C D A B C D ...) so that load from
-elsewhere on the machine hits all of them alike; the median round is
+times (``SandboxPool.map``, which keeps ``2 * size`` tasks ahead;
+``run_in_executor`` calls gathered for the executor), in interleaved
+rounds (A B C D A B C D ...) so that load from elsewhere on the machine
+hits all of them alike; the median round is
 reported. Pools are created and warmed up once, outside the timing:
 
 * ``SandboxPool fresh`` — a new child per task (``spawn``), no namespaces
@@ -46,7 +47,7 @@ Runner = Callable[[int], Awaitable[None]]
 
 def pool_runner(pool: SandboxPool) -> Runner:
     async def run(n: int) -> None:
-        out = await asyncio.gather(*(pool.run(identity, i) for i in range(n)))
+        out = [x async for x in pool.map(identity, range(n))]
         assert out[-1] == n - 1
 
     return run
