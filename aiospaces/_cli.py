@@ -36,7 +36,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Final, NoReturn
+from typing import IO, Any, Final, Literal, NoReturn
 
 from . import __version__
 from ._errors import NamespaceUnavailable, SpawnError
@@ -201,6 +201,40 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
+    return int(text)
+
+
+def _cpus(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of CPUs: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of CPUs: {text!r}")
+    return value
+
+
+def _rlimit_value(text: str) -> int | str:
+    if text in ("unlimited", "infinity"):
+        return "unlimited"
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a limit (a number or 'unlimited'): {text!r}")
+    return int(text)
+
+
+def _rlimit(text: str) -> tuple[str, int | str | tuple[int | str, int | str]]:
+    name, eq, value = text.partition("=")
+    if not eq or not name or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE or NAME=SOFT:HARD, not {text!r}")
+    if ":" in value:
+        soft, _, hard = value.partition(":")
+        return name, (_rlimit_value(soft), _rlimit_value(hard))
+    return name, _rlimit_value(value)
+
+
 def _pid(text: str) -> int:
     if not text.isascii() or not text.isdigit() or int(text) <= 0:
         raise argparse.ArgumentTypeError(f"not a pid: {text!r}")
@@ -317,6 +351,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --pid, the program itself is PID 1 (no init: it ignores signals it "
         "has no handler for)",
     )
+    g = run.add_argument_group("limits and hardening")
+    g.add_argument("--memory", metavar="SIZE", help="cgroup memory limit (512M, 1G, bytes)")
+    g.add_argument("--pids", type=_count, metavar="N", help="cgroup limit on processes")
+    g.add_argument("--cpus", type=_cpus, metavar="CPUS", help="cgroup CPU limit (0.5: half a CPU)")
+    g.add_argument(
+        "--rlimit",
+        type=_rlimit,
+        action="append",
+        metavar="NAME=VALUE",
+        help="an rlimit: NOFILE=256, CPU=10 (seconds), STACK=SOFT:HARD, "
+        "CORE=unlimited (repeatable)",
+    )
+    g.add_argument(
+        "--seccomp",
+        action="append",
+        metavar="PRESET",
+        help="a seccomp preset: default (what container runtimes deny), no-network "
+        "(repeatable; needs pyseccomp)",
+    )
+    g.add_argument(
+        "--cap-drop",
+        choices=("ALL",),
+        help="drop every capability (bwrap's default; aiospaces run keeps them, as unshare)",
+    )
+    g.add_argument(
+        "--cap-add",
+        action="append",
+        metavar="CAP",
+        help="with --cap-drop ALL, keep this capability (CAP_NET_ADMIN; repeatable)",
+    )
     _add_env_options(run)
     _add_common_tail(run)
     run.set_defaults(func=_cmd_run, parser=run)
@@ -411,6 +475,11 @@ def run_sandbox(args: argparse.Namespace) -> Sandbox:
     if args.map_root_user or args.uid_map or args.gid_map:
         names.add("user")  # as unshare: mapping options imply --user
     env = environment(args.env_ops)
+    keep_caps: frozenset[str] | Literal["all"] = "all"
+    if args.cap_drop == "ALL":
+        keep_caps = frozenset(args.cap_add or ())
+    elif args.cap_add:
+        raise ValueError("--cap-add keeps a capability after --cap-drop ALL: add --cap-drop ALL")
     return Sandbox(
         namespaces=names,
         uid_map=args.uid_map,
@@ -426,6 +495,12 @@ def run_sandbox(args: argparse.Namespace) -> Sandbox:
         network=args.network,
         env=env,
         clear_env=env is not None,
+        rlimits=dict(args.rlimit) if args.rlimit else None,
+        memory_max=args.memory,
+        pids_max=args.pids,
+        cpu_max=args.cpus,
+        seccomp=tuple(args.seccomp) if args.seccomp else None,
+        keep_caps=keep_caps,
     )
 
 
@@ -441,6 +516,7 @@ def enter_sandbox(args: argparse.Namespace) -> Sandbox:
         cwd=args.chdir,
         env=env,
         clear_env=env is not None,
+        keep_caps="all",  # as nsenter
     )
 
 

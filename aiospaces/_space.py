@@ -110,7 +110,7 @@ def sandbox_of(args: argparse.Namespace) -> tuple[Sandbox, bool]:
     """``(Sandbox, as_pid_1)`` for a parsed ``space`` command line."""
     names = _namespaces(args)
     if args.cmd == "inject":
-        return Sandbox(enter=int(args.target_pid), join=names or None), False
+        return Sandbox(enter=int(args.target_pid), join=names or None, keep_caps="all"), False
     if args.cmd == "chroot":
         names |= {"user", "mnt"}  # pyspaces' Chroot always set newuser and newns
     maps = bool(args.uid or args.gid or args.id)
@@ -122,6 +122,8 @@ def sandbox_of(args: argparse.Namespace) -> tuple[Sandbox, bool]:
         gid_map=args.gid or None,
         map_zero=True if args.id else None,
         chroot=args.path if args.cmd == "chroot" else None,
+        keep_caps="all",  # pyspaces kept every capability and set no no_new_privs
+        no_new_privs=False,
     )
     return sandbox, "pid" in names
 
