@@ -18,8 +18,7 @@ seconds), ``killed`` (died by a signal) or ``bad-request``.
 The code runs as ``python -I -S -c CODE`` inside a fresh sandbox from a
 ``SandboxPool``: new user, pid, mount, network (nothing up), ipc and uts
 namespaces, the host's root read-only with an empty ``/etc`` and ``/tmp``,
-``RLIMIT_AS`` set by our trusted function before it starts the interpreter
-(``Sandbox`` has no resource limits yet). The interpreter cannot see the
+and an address-space limit (the Sandbox's ``rlimits``). The interpreter cannot see the
 service's processes (pid namespace), cannot reach the network, cannot
 read ``/etc/shadow`` (not there), and has its own session, so
 ``kill(0, SIGKILL)`` ends only its own sandbox. At most ``--size``
@@ -34,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -55,12 +53,12 @@ SANDBOX = Sandbox(
     hostname="sandbox",
     network="none",
     mounts=(Bind("/", readonly=True), Tmpfs("/etc"), Tmpfs("/tmp"), Proc()),
+    rlimits={"AS": MEMORY},  # address space: an allocation past it is a MemoryError
 )
 
 
 def run_code(code: str) -> tuple[int, str, str]:
     """In the sandbox: run ``code`` in a fresh interpreter; plain data back."""
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
     proc = subprocess.run(
         [PYTHON, "-I", "-S", "-c", code],
         stdin=subprocess.DEVNULL,

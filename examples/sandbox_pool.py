@@ -1,6 +1,6 @@
 """Run 100 untrusted Python snippets concurrently, one sandbox each.
 
-    python examples/sandbox_pool.py [--size 8] [--timeout 2] [--memory-mib 256]
+    python examples/sandbox_pool.py [--count 100] [--size 8] [--timeout 2]
 
 Each snippet gets a fresh sandbox from a ``SandboxPool``: new user, pid,
 mount, network (no interfaces up), ipc and uts namespaces; the host's root
@@ -13,9 +13,9 @@ Limits, with what aiospaces has today:
 
 * time: the pool's per-task ``timeout`` kills the whole sandbox (the pid
   namespace takes every process in it down);
-* memory: ``Sandbox`` has no rlimits or cgroup limits yet, so the trusted
-  function sets ``RLIMIT_AS`` on itself before starting the interpreter
-  (inherited by it); an allocation past it is a ``MemoryError``;
+* memory: the Sandbox's ``rlimits={"AS": ...}`` (inherited by the
+  interpreter); an allocation past it is a ``MemoryError``. (``memory_max``
+  would add a cgroup limit with OOM accounting where cgroups are delegated);
 * output: at most ``MAX_OUTPUT`` bytes per stream are kept.
 
 Prints one line per snippet kind and a summary table (ok / error / timeout
@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import collections
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from aiospaces import Bind, ChildFailed, Proc, Sandbox, Tmpfs
 from aiospaces.pool import SandboxPool
 
 MAX_OUTPUT = 4096
+MEMORY = 256 << 20
 
 # The interpreter itself, not a venv's link to it: the sandbox's /tmp is empty
 # and a venv may live there. -I -S: no site, no user paths, no PYTHON* env.
@@ -47,6 +47,7 @@ SANDBOX = Sandbox(
     hostname="sandbox",
     network="none",
     mounts=(Bind("/", readonly=True), Tmpfs("/etc"), Tmpfs("/tmp"), Proc()),
+    rlimits={"AS": MEMORY},  # address space: an allocation past it is a MemoryError
 )
 
 # (kind, code): the mix a public "run my code" endpoint sees.
@@ -64,9 +65,8 @@ SNIPPETS = {
 }
 
 
-def run_snippet(code: str, memory: int) -> tuple[int, bytes, bytes]:
-    """In the sandbox: run ``code`` in a fresh interpreter under RLIMIT_AS."""
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+def run_snippet(code: str) -> tuple[int, bytes, bytes]:
+    """In the sandbox: run ``code`` in a fresh interpreter."""
     proc = subprocess.run(
         [PYTHON, "-I", "-S", "-c", code],
         stdin=subprocess.DEVNULL,
@@ -79,9 +79,7 @@ def run_snippet(code: str, memory: int) -> tuple[int, bytes, bytes]:
 async def one(pool: SandboxPool, kind: str, code: str, args: argparse.Namespace) -> tuple[str, str, float, str]:  # fmt: skip  # noqa: E501
     t0 = time.monotonic()
     try:
-        rc, out, err = await pool.run(
-            run_snippet, code, args.memory_mib << 20, timeout=args.timeout
-        )
+        rc, out, err = await pool.run(run_snippet, code, timeout=args.timeout)
     except TimeoutError:
         status, detail = "timeout", f"killed after {args.timeout:g}s"
     except ChildFailed as exc:  # the sandbox itself died
@@ -102,7 +100,6 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--size", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=2.0)
-    parser.add_argument("--memory-mib", type=int, default=256)
     args = parser.parse_args(argv)
 
     kinds = list(SNIPPETS)
