@@ -22,16 +22,15 @@ import pwd
 import shutil
 import stat
 import sys
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Final, Literal
 
-from . import __version__
+from . import __version__, cgroups
 from ._errors import SpawnError
+from ._linux import _landlock as _landlock_probe
 from ._linux import constants as C
 from ._linux import has_clone3
 from ._linux._syscalls import HAVE_C_FORK
-from ._linux.preflight import landlock_abi
 from ._linux.probe import kernel_release, userns_hint
 from ._spawn import spawn
 from .idmap import _subids
@@ -216,100 +215,27 @@ def _pidfd() -> Finding:
 
 # -- cgroups -----------------------------------------------------------------------------------
 
-
-def _mounts() -> Iterator[tuple[str, str, str]]:
-    for line in (_read("/proc/self/mounts") or "").splitlines():
-        parts = line.split()
-        if len(parts) >= 4:
-            yield parts[1], parts[2], parts[3]
+_CGROUP_FLAGS: Final = {"memory_max": "--memory", "pids_max": "--pids", "cpu_max": "--cpus"}
 
 
-def _cgroups(root: bool) -> list[Finding]:
-    v2 = [mp for mp, fstype, _ in _mounts() if fstype == "cgroup2"]
-    v1 = sorted(
-        {opt for _, fstype, opts in _mounts() if fstype == "cgroup" for opt in opts.split(",")}
-        & {"cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer", "io"}
+def _cgroups(root: bool) -> Finding:
+    """What :func:`aiospaces.cgroups.available` (the library's own choice) can enforce."""
+    support = cgroups.available()
+    have = [flag for name, flag in _CGROUP_FLAGS.items() if name in support.limits]
+    lacking = [flag for name, flag in _CGROUP_FLAGS.items() if name not in support.limits]
+    where = f"cgroup v{support.version}" if support.version else "no cgroup"
+    fix = (
+        "mount the cgroup v2 controllers (+memory +pids +cpu in cgroup.subtree_control), "
+        "or " + cgroups.DELEGATE_HINT
+        if root
+        else cgroups.DELEGATE_HINT
     )
-    own = ""
-    for line in (_read("/proc/self/cgroup") or "").splitlines():
-        if line.startswith("0::"):
-            own = line[3:]
-    out: list[Finding] = []
-    if not v2:
-        out.append(
-            Finding(
-                "cgroup v2",
-                "missing",
-                "no cgroup2 mount" + (f"; cgroup v1 controllers: {', '.join(v1)}" if v1 else ""),
-                "memory/pids/cpu limits need the unified hierarchy: boot with "
-                "systemd.unified_cgroup_hierarchy=1 (or mount -t cgroup2 none /sys/fs/cgroup)",
-            )
-        )
-        return out
-    mount = "/sys/fs/cgroup" if "/sys/fs/cgroup" in v2 else v2[0]
-    controllers = (_read(os.path.join(mount, "cgroup.controllers")) or "").split()
-    if not controllers:
-        hybrid = f"; v1 owns {', '.join(v1)}" if v1 else ""
-        out.append(
-            Finding(
-                "cgroup v2",
-                "missing",
-                f"cgroup2 at {mount} has no controllers{hybrid} (a hybrid setup)",
-                "memory/pids/cpu limits need them in the unified hierarchy: boot with "
-                "systemd.unified_cgroup_hierarchy=1 cgroup_no_v1=all",
-            )
-        )
-        return out
-    absent = [c for c in ("memory", "pids", "cpu") if c not in controllers]
-    if absent:
-        owner = (
-            f" (cgroup v1 owns {', '.join(c for c in absent if c in v1)})"
-            if set(absent) & set(v1)
-            else ""
-        )
-        out.append(
-            Finding(
-                "cgroup v2",
-                "warn",
-                f"{mount}: controllers {' '.join(controllers)}; no {', '.join(absent)}{owner}",
-                "memory/pids/cpu limits need those controllers in the unified hierarchy: "
-                "boot with systemd.unified_cgroup_hierarchy=1 cgroup_no_v1=all",
-            )
-        )
-        return out
-    out.append(Finding("cgroup v2", "ok", f"{mount}: controllers {' '.join(controllers)}"))
-    path = os.path.join(mount, own.lstrip("/")).rstrip("/")
-    mine = (_read(os.path.join(path, "cgroup.controllers")) or "").split()
-    writable = os.access(path, os.W_OK) and os.access(
-        os.path.join(path, "cgroup.subtree_control"), os.W_OK
-    )
-    wanted = [c for c in ("memory", "pids", "cpu") if c not in mine]
-    if writable and not wanted:
-        out.append(Finding("cgroup delegation", "ok", f"{path} is writable with {' '.join(mine)}"))
-    elif writable:
-        out.append(
-            Finding(
-                "cgroup delegation",
-                "warn",
-                f"{path} is writable, but {', '.join(wanted)} not enabled there",
-                "enable them in the parent's cgroup.subtree_control (as root: "
-                f"echo '+{' +'.join(wanted)}' > {os.path.dirname(path)}/cgroup.subtree_control)",
-            )
-        )
-    else:
-        fix = (
-            "run inside a delegated cgroup: `systemd-run --user --scope -p Delegate=yes "
-            "aiospaces run ...`, or have root chown a cgroup to this user"
-        )
-        out.append(
-            Finding(
-                "cgroup delegation",
-                "ok" if root else "warn",
-                f"{path} is {'writable (root)' if root else 'not writable by ' + _user()}",
-                "" if root else fix,
-            )
-        )
-    return out
+    if not lacking:
+        return Finding("cgroups", "ok", f"{' '.join(have)} through {where}: {support.describe()}")
+    detail = f"{' '.join(lacking)} cannot be enforced ({support.describe()})"
+    if have:
+        detail = f"{' '.join(have)} through {where}; " + detail
+    return Finding("cgroups", "warn", detail, fix)
 
 
 # -- id helpers, seccomp, landlock -----------------------------------------------------------
@@ -401,25 +327,16 @@ def _seccomp() -> Finding:
 
 
 def _landlock() -> Finding:
-    try:
-        abi = landlock_abi()
-    except OSError as exc:
-        if exc.errno == errno.EOPNOTSUPP:
-            return Finding(
-                "landlock",
-                "missing",
-                "built into the kernel but disabled",
-                "add landlock to the lsm= kernel command line (e.g. lsm=landlock,lockdown,yama,"
-                "integrity,apparmor,bpf)",
-            )
-        return Finding(
-            "landlock",
-            "missing",
-            f"not available: {exc.strerror}",
-            f"Landlock needs Linux >= 5.13 built with CONFIG_SECURITY_LANDLOCK "
-            f"(this is {kernel_release()})",
-        )
-    return Finding("landlock", "ok", f"ABI version {abi}")
+    abi = _landlock_probe.abi()
+    if abi:
+        return Finding("landlock", "ok", f"ABI version {abi}")
+    return Finding(
+        "landlock",
+        "missing",
+        _landlock_probe.unavailable_reason(),
+        "Linux >= 5.13 built with CONFIG_SECURITY_LANDLOCK, with landlock in the lsm= "
+        "kernel command line (needed only for Sandbox(landlock=...))",
+    )
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -442,7 +359,7 @@ async def run_checks() -> list[Finding]:
     findings.extend(ns)
     findings.append(_clone3(any(f.verdict == "ok" for f in ns)))
     findings.append(_pidfd())
-    findings.extend(_cgroups(root))
+    findings.append(_cgroups(root))
     findings.append(_newidmap(root))
     findings.append(_seccomp())
     findings.append(_landlock())

@@ -26,7 +26,7 @@ NAMES = {
     "time namespace",
     "clone3",
     "pidfd",
-    "cgroup v2",
+    "cgroups",
     "newuidmap/newgidmap",
     "seccomp",
     "landlock",
