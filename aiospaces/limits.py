@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import re
 import resource
+import select
 import signal
 import time
 import warnings
@@ -38,6 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from ._errors import SpawnError
 from .cgroups import SandboxCgroup
 
 if TYPE_CHECKING:
@@ -102,13 +105,20 @@ class Rlimit:
 
 
 def _rlim(value: object, where: str) -> int:
-    if value is None or value in ("unlimited", INFINITY):
+    if value is None or value == "unlimited":
         return INFINITY
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{where}: a limit is an int, None or 'unlimited', not {value!r}")
     if value < 0:
         raise ValueError(f"{where}: {value} is negative")
     return value
+
+
+def _above(a: int, b: int) -> bool:
+    """``a > b`` for rlimit values (``RLIM_INFINITY`` is -1 in Python, and the largest)."""
+    if a in (b, INFINITY):
+        return a != b
+    return b != INFINITY and a > b
 
 
 def parse_rlimits(value: object) -> tuple[Rlimit, ...]:
@@ -138,7 +148,7 @@ def parse_rlimits(value: object) -> tuple[Rlimit, ...]:
             soft = hard = _rlim(limit, where)
             if name == "CPU" and soft != INFINITY:
                 hard = soft + 1  # SIGXCPU first, SIGKILL a second later
-        if soft > hard:  # RLIM_INFINITY is the largest value
+        if _above(soft, hard):
             raise ValueError(f"{where}: the soft limit {soft} is above the hard limit {hard}")
         out[name] = Rlimit(RLIMITS[name], name, soft, hard)
     return tuple(out[k] for k in sorted(out))
@@ -150,7 +160,7 @@ def check_raisable(limits: tuple[Rlimit, ...], have_sys_resource: bool) -> None:
         return
     for r in limits:
         _, current = resource.getrlimit(r.resource)
-        if current != INFINITY and (r.hard == INFINITY or r.hard > current):
+        if _above(r.hard, current):
             shown = "unlimited" if r.hard == INFINITY else r.hard
             raise PermissionError(
                 f"rlimits: {r.limit_name} hard limit {shown} is above this process' own "
@@ -166,15 +176,29 @@ _RETRY_MAX = 0.1
 _RETRY_DEADLINE = 10.0
 
 
+def _readable(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class SandboxGuard:
-    """Timeout, cgroup cleanup and the cause of death for one sandboxed child.
+    """Cgroup attach, timeout, cleanup and the cause of death for one sandboxed child.
 
     Made by :meth:`Sandbox.compile <aiospaces.Sandbox.compile>` when the
-    sandbox has a cgroup, a timeout, an RLIMIT_CPU or a killing seccomp rule;
-    :meth:`start` hooks it on the launched child (``Launched.on_reaped``).
-    Once the child is reaped it reads the OOM counter, kills whatever is
-    left in the cgroup and removes it (retrying while the kernel still
-    holds exiting tasks); :meth:`settled` waits for that.
+    sandbox has a cgroup, a timeout, an RLIMIT_CPU or a killing seccomp
+    rule, and run as its last parent-side step (``await guard(pid)``, before
+    the child's "go"): it attaches the child to its cgroup (v1, or v2 when
+    the clone did not), opens its own pidfd for the child and arms the
+    timeout. It needs nothing else from the spawning code, so every
+    spawning path that runs the parent steps gets it.
+
+    When the child exits (its pidfd turns readable; the reaping stays with
+    the spawner) the guard reads the OOM counter, kills whatever is left in
+    the cgroup and removes it, retrying while the kernel still holds exiting
+    tasks; :meth:`settled` waits for that. :meth:`supervise` (optional) lets
+    the reaper's ``on_reaped`` hook speed up the removal and tells the guard
+    which SIGKILLs the parent sent.
     """
 
     def __init__(
@@ -191,11 +215,17 @@ class SandboxGuard:
         self.seccomp_kills = seccomp_kills
         self.timed_out = False
         self.oom_killed = False
-        self.started = False
-        self.returncode: int | None = None
+        self.exited = False
+        self.name = "sandbox guard"
+        self._watched = False
+        self._pidfd = -1
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._core: Launched | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._retry_handle: asyncio.TimerHandle | None = None
         self._t0 = 0.0
+        self._deadline = 0.0
+        self._delay = _RETRY_FIRST
         self._settled: asyncio.Future[None] | None = None
         self._killed_by_us = False
 
@@ -203,25 +233,51 @@ class SandboxGuard:
         return f"<SandboxGuard cgroup={self.cgroup!r} timeout={self.timeout}>"
 
     # -- life cycle ------------------------------------------------------------------
-    def start(self, core: Launched) -> None:
-        """The child passed its handshake: watch it (once)."""
-        if self.started:
-            raise RuntimeError("a compiled sandbox supervises one child")
-        self.started = True
-        self._core = core
+    async def __call__(self, pid: int) -> None:
+        """The parent-side step: attach, watch, arm the timeout (once)."""
+        if self._watched:
+            raise RuntimeError("a compiled sandbox guards one child: compile it again")
+        if self.cgroup is not None:
+            try:
+                self.cgroup.attach(pid)
+            except OSError as exc:
+                raise SpawnError(
+                    exc.errno or errno.EIO, exc.strerror, exc.filename, step="cgroup attach"
+                ) from exc
+        loop = asyncio.get_running_loop()
+        pidfd = os.pidfd_open(pid)
+        try:
+            loop.add_reader(pidfd, self._on_exit)
+        except BaseException:
+            os.close(pidfd)
+            raise
+        self._watched = True
+        self._loop = loop
+        self._pidfd = pidfd
+        self._settled = loop.create_future()
         self._t0 = time.monotonic()
-        self._settled = core.loop.create_future()
-        core.on_reaped.append(self._reaped)
-        if core.reaped:  # it died between the handshake and now
-            self._reaped(core.returncode)
-        elif self.timeout is not None:
-            self._timer = core.loop.call_later(self.timeout, self._expire)
+        if self.timeout is not None:
+            self._timer = loop.call_later(self.timeout, self._expire)
+
+    def supervise(self, core: Launched) -> None:
+        """Optional: the spawner's handle, for ``sent_kill`` and a prompt cleanup."""
+        self._core = core
+        core.on_reaped.append(self._on_reaped)
 
     def release(self) -> None:
-        """Never started (the spawn failed): remove the cgroup now (the child is reaped)."""
-        if self.started or self.cgroup is None:
+        """The spawn is over (``CompiledSandbox.close``): if it failed, clean up now.
+
+        Never watched (it failed before the guard ran): remove the cgroup.
+        Watched, but the child is already dead (it failed after): close the
+        pidfd and start the cleanup without waiting for the loop.
+        """
+        if self._watched:
+            if self._pidfd >= 0 and _readable(self._pidfd):
+                self._on_exit()
             return
-        self.started = True
+        if self.cgroup is None:
+            return
+        self._watched = True
         if not self._remove_now():
             warnings.warn(
                 f"aiospaces: could not remove {self.cgroup!r} (still busy)",
@@ -239,65 +295,75 @@ class SandboxGuard:
         return False
 
     def kill(self) -> None:
-        """SIGKILL the whole sandbox: its cgroup, else the child (PID 1 takes its ns along)."""
+        """SIGKILL the whole sandbox: its cgroup, and the child (PID 1 takes its ns along)."""
         self._killed_by_us = True
         if self.cgroup is not None:
             with contextlib.suppress(OSError):
                 self.cgroup.kill()
-        core = self._core
-        if core is not None and not core.reaped:
+        if self._pidfd >= 0:
             with contextlib.suppress(ProcessLookupError, OSError):
-                core.send_signal(signal.SIGKILL)
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
     def _expire(self) -> None:
         self._timer = None
-        if self._core is None or self._core.reaped:
-            return
-        self.timed_out = True
-        self.kill()
+        if not self.exited:
+            self.timed_out = True
+            self.kill()
 
-    def _reaped(self, rc: int | None) -> None:
-        if self.returncode is not None or self._settled is None:
+    def _on_exit(self) -> None:
+        # The child is a zombie now (or reaped): stop watching, then clean up.
+        fd, self._pidfd = self._pidfd, -1
+        if fd < 0:
             return
-        self.returncode = rc if rc is not None else 0
+        assert self._loop is not None
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(fd)
+        os.close(fd)
+        self.exited = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._deadline = time.monotonic() + _RETRY_DEADLINE
+        self._cleanup()
+
+    def _on_reaped(self, rc: int | None) -> None:
+        if self.exited and self._settled is not None and not self._settled.done():
+            self._cleanup()  # the zombie is gone: the cgroup may be removable now
+
+    def _cleanup(self) -> None:
+        assert self._settled is not None and self._loop is not None
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+            self._retry_handle = None
+        if self._settled.done():
+            return
         if self.cgroup is None:
             self._settled.set_result(None)
             return
-        with contextlib.suppress(OSError):
-            self.oom_killed = self.cgroup.oom_kills() > 0
-        self._retry(_RETRY_FIRST, time.monotonic() + _RETRY_DEADLINE)
-
-    def _retry(self, delay: float, deadline: float) -> None:
-        assert self.cgroup is not None and self._settled is not None
+        error: OSError | None = None
         try:
+            self.oom_killed = self.oom_killed or self.cgroup.oom_kills() > 0
             done = self.cgroup.remove()
         except OSError as exc:
-            done = False
-            error: OSError | None = exc
-        else:
-            error = None
-        if done:
-            if not self._settled.done():
-                self._settled.set_result(None)
+            done, error = False, exc
+        loop = self._loop
+        if done or loop.is_closed():
+            self._settled.set_result(None)
             return
-        loop = self._settled.get_loop()
-        if time.monotonic() > deadline or loop.is_closed():
-            if not self._settled.done():
-                self._settled.set_result(None)
+        if time.monotonic() > self._deadline:
+            self._settled.set_result(None)
             loop.call_exception_handler(
                 {
                     "message": f"aiospaces: could not remove {self.cgroup!r}",
-                    "exception": error or OSError("the cgroup stayed busy"),
+                    "exception": error or OSError(errno.EBUSY, "the cgroup stayed busy"),
                 }
-            ) if not loop.is_closed() else None
+            )
             return
-        loop.call_later(delay, self._retry, min(delay * 2, _RETRY_MAX), deadline)
+        self._retry_handle = loop.call_later(self._delay, self._cleanup)
+        self._delay = min(self._delay * 2, _RETRY_MAX)
 
     async def settled(self) -> None:
-        """Wait until the child's cgroup is gone (returns at once without one)."""
+        """Wait until the child's cgroup is gone (at once without one)."""
         if self._settled is not None and not self._settled.done():
             await asyncio.shield(self._settled)
 
@@ -312,12 +378,13 @@ class SandboxGuard:
         if self.cpu_hard is not None:
             if sig == signal.SIGXCPU:
                 return "cpu-limit"
-            if sig == signal.SIGKILL and not self._killed_by_us and self._core is not None:
-                # SIGKILL at the hard limit (a pid namespace's init ignores SIGXCPU). Not
-                # when it cannot have used that much CPU time, or when we sent a SIGKILL.
+            sent_kill = self._killed_by_us or (self._core is not None and self._core.sent_kill)
+            if sig == signal.SIGKILL and not sent_kill:
+                # SIGKILL at the hard limit (a pid namespace's init ignores SIGXCPU),
+                # unless it cannot have used that much CPU time yet.
                 elapsed = time.monotonic() - self._t0
                 ncpu = len(os.sched_getaffinity(0)) or 1
-                if not self._core.sent_kill and elapsed * ncpu >= self.cpu_hard * 0.9:
+                if elapsed * ncpu >= self.cpu_hard * 0.9:
                     return "cpu-limit"
         if sig == signal.SIGSYS and self.seccomp_kills:
             return "seccomp"

@@ -137,6 +137,16 @@ _ALIASES: Final = {
 }
 _HOST_NAME_MAX: Final = 64
 _RLIM_INFINITY: Final = resource.RLIM_INFINITY
+# Sandbox.untrusted(): the system's read-only view and a minimal /etc.
+_SYSTEM_DIRS: Final = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
+_ETC_MINIMAL: Final = (
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/etc/nsswitch.conf",
+    "/etc/alternatives",
+)
 
 
 def _names(value: object, field_name: str) -> frozenset[str]:
@@ -497,6 +507,119 @@ class Sandbox:
         if self.landlock is not None and not isinstance(self.landlock, Landlock):
             raise TypeError(f"landlock must be a Landlock, not {type(self.landlock).__name__}")
 
+    @classmethod
+    def untrusted(
+        cls,
+        *,
+        memory_max: int | str | None = "512M",
+        pids_max: int | None = 64,
+        cpu_max: float | None = 1.0,
+        timeout: float | None = None,
+        python: bool = True,
+        mounts: Iterable[Mount] = (),
+        tmp_size: str = "64m",
+        **overrides: Any,
+    ) -> Sandbox:
+        """Every fence at once: the one-line answer to "run this code I do not trust".
+
+        >>> sb = Sandbox.untrusted(timeout=10)  # doctest: +SKIP
+        >>> await (await spawn(work, sandbox=sb, result_format="json")).result()  # doctest: +SKIP
+
+        Each choice, and why:
+
+        * **all namespaces** (user, pid, mnt, net, uts, ipc, cgroup, time):
+          root inside is the caller outside; the code sees only its own
+          processes (and dies whole with its PID 1), its own hostname
+          (``"sandbox"``), IPC objects and cgroup view.
+        * **filesystem**: a new root on an empty tmpfs with a read-only view of
+          ``/usr``, ``/lib*``, ``/bin``, ``/sbin`` (symlinks on merged-/usr
+          hosts) and a minimal ``/etc`` (the dynamic loader's cache and
+          config, ``localtime``, ``nsswitch.conf``, ``alternatives``: no
+          ``passwd``, ``shadow``, ``hosts`` or keys); with ``python=True``
+          (for ``spawn``: ``fn`` may import lazily) the interpreter's prefixes
+          and ``sys.path`` directories, read-only; a private ``/tmp`` (a tmpfs
+          of ``tmp_size``), a fresh ``/proc`` and a minimal ``/dev``. Nothing
+          else of the host exists inside; ``mounts`` adds more.
+        * **no network**: a new network namespace with loopback down
+          (``network="none"``), and the ``"no-network"`` seccomp preset: only
+          AF_UNIX sockets can even be made.
+        * **seccomp** ``"default"``: no ptrace, kernel modules, kexec, bpf,
+          perf, keyrings, userfaultfd, io_uring, mount or new namespaces
+          (pyseccomp is required: ``pip install 'aiospaces[seccomp]'``).
+        * **no_new_privs**, **every capability dropped** (bounding set too).
+        * **Landlock** (where the kernel has it): everything read-only except
+          ``/tmp`` and ``/dev`` — a second fence should a mount be writable.
+        * **limits**: ``memory_max`` 512 MiB without swap, ``pids_max`` 64,
+          ``cpu_max`` one CPU — through cgroups where :func:`aiospaces.cgroups.available`
+          can enforce them; elsewhere (unprivileged without a delegated v2
+          subtree) memory falls back to ``RLIMIT_AS`` per process, and the
+          pid and CPU limits are left out rather than failing the spawn.
+          Always: ``RLIMIT_NOFILE`` 256, ``RLIMIT_FSIZE`` 64 MiB, no core
+          dumps. ``timeout`` (none by default) kills it all.
+
+        ``overrides`` replace any other field (``hostname=``, ``env=``...);
+        pass ``None`` for a limit to leave it out. Values travel back safest
+        with ``spawn(..., result_format="json")`` (no unpickling).
+        """
+        import sys  # noqa: PLC0415 - only the preset reads the interpreter's layout
+
+        binds: list[Mount] = []
+        seen: list[str] = []
+
+        def add(path: str) -> None:
+            path = os.path.normpath(path)
+            if any(path == s or path.startswith(s.rstrip("/") + "/") for s in seen):
+                return
+            if os.path.islink(path) and os.path.dirname(path) == "/":
+                binds.append(Symlink(os.readlink(path), path))
+            elif os.path.exists(path):
+                binds.append(Bind(path, readonly=True))
+            else:
+                return
+            seen.append(path)
+
+        for d in _SYSTEM_DIRS:
+            add(d)
+        for f in _ETC_MINIMAL:
+            add(f)
+        if python:
+            for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path):
+                if p and os.path.isabs(p) and os.path.isdir(p):
+                    add(p)
+        readable = [m.target for m in binds if isinstance(m, Bind)]
+        cg = _cg.available().limits
+        rlimits: dict[str, Any] = {"NOFILE": 256, "FSIZE": 64 << 20, "CORE": 0}
+        kwargs: dict[str, Any] = {}
+        if memory_max is not None:
+            if "memory_max" in cg:
+                kwargs["memory_max"] = memory_max
+                if "memory_swap_max" in cg:
+                    kwargs["memory_swap_max"] = 0
+            else:
+                rlimits["AS"] = parse_size(memory_max, "memory_max")
+        if pids_max is not None and "pids_max" in cg:
+            kwargs["pids_max"] = pids_max
+        if cpu_max is not None and "cpu_max" in cg:
+            kwargs["cpu_max"] = cpu_max
+        spec: dict[str, Any] = {
+            "namespaces": frozenset(NAMESPACES),
+            "hostname": "sandbox",
+            "network": "none",
+            "mounts": (*binds, Tmpfs("/tmp", size=tmp_size), Proc(), Dev(), *mounts),
+            "cwd": "/tmp",
+            "rlimits": rlimits,
+            "timeout": timeout,
+            "no_new_privs": True,
+            "keep_caps": frozenset(),
+            "seccomp": ("default", "no-network"),
+            "landlock": Landlock(
+                read_only=("/", *readable), read_write=("/tmp", "/dev"), required=False
+            ),
+            **kwargs,
+        }
+        spec.update(overrides)
+        return cls(**spec)
+
     def cgroup_limits(self) -> _cg.CgroupLimits:
         """The cgroup limits of this spec (:class:`aiospaces.cgroups.CgroupLimits`)."""
         return _cg.CgroupLimits(
@@ -626,8 +749,8 @@ class Sandbox:
 
             # -- limits: the cgroup last (nothing after it can fail) -------------------
             cgroup, guard = self._cgroup_and_guard()
-            if cgroup is not None:
-                parent_steps.append(_AttachCgroup(cgroup))
+            if guard is not None:  # last: it starts the timeout and watches the child
+                parent_steps.append(guard)
         except BaseException:
             for fd in owned:
                 os.close(fd)
@@ -738,18 +861,20 @@ class CompiledSandbox:
         return self.cgroup.open_fd()
 
     def supervise(self, launched: Launched) -> SandboxGuard | None:
-        """Hand the launched child to the guard (timeout, OOM, cgroup cleanup).
+        """Tell the guard about the launched child; return it (None without one).
 
-        Call it right after ``launch`` returned, before :meth:`close`;
-        returns the guard (None when the sandbox needs none).
+        Optional: the guard (a parent step) already attaches, times out and
+        cleans up on its own; with this it also learns which SIGKILLs the
+        parent sent and removes the cgroup as soon as the child is reaped.
+        Await ``guard.settled()`` after reaping to know the cgroup is gone.
         """
         if self.guard is not None:
-            self.guard.start(launched)
+            self.guard.supervise(launched)
         return self.guard
 
     def close(self) -> None:
-        """Close the fds this compile opened (idempotent). A cgroup that no
-        child was handed to (:meth:`supervise`) is removed."""
+        """Close the fds this compile opened (idempotent); remove the cgroup if
+        no child ever got into it (the spawn failed before the guard ran)."""
         while self._owned:
             os.close(self._owned.pop())
         if self.cgroup is not None:
@@ -770,21 +895,6 @@ class CompiledSandbox:
 
 
 # --- small child-side steps ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _AttachCgroup:
-    """Parent-side: put the child in its cgroup before "go" (v1; v2 when not cloned into it)."""
-
-    cgroup: _cg.SandboxCgroup
-
-    async def __call__(self, pid: int) -> None:
-        try:
-            self.cgroup.attach(pid)
-        except OSError as exc:
-            raise SpawnError(
-                exc.errno or errno.EIO, exc.strerror, exc.filename, step="cgroup attach"
-            ) from exc
 
 
 @dataclass(frozen=True, slots=True)
