@@ -605,7 +605,8 @@ class Sandbox:
             "namespaces": frozenset(NAMESPACES),
             "hostname": "sandbox",
             "network": "none",
-            "mounts": (*binds, Tmpfs("/tmp", size=tmp_size), Proc(), Dev(), *mounts),
+            # /tmp first: a bind below it (a venv in /tmp) must land on top of it
+            "mounts": (Tmpfs("/tmp", size=tmp_size), Proc(), Dev(), *binds, *mounts),
             "cwd": "/tmp",
             "rlimits": rlimits,
             "timeout": timeout,
