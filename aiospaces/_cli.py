@@ -429,10 +429,6 @@ def build_parser() -> argparse.ArgumentParser:
 # -- from options to the API ------------------------------------------------------------------
 
 
-class UsageError(ValueError):
-    """An option value the API refused: reported on one line, exit 125."""
-
-
 def environment(ops: Sequence[tuple[str, list[str]]] | None) -> dict[str, str] | None:
     """The program's full environment after ``--clearenv``/``--setenv``/``--unsetenv``
     (applied in order, as bwrap does), or ``None`` to inherit ours unchanged."""
