@@ -58,6 +58,12 @@ class ChildPlan:
     steps: tuple[Step, ...] = ()
     # fn mode: PID 1 ends with 128+N on the signals above (see spawn()).
     pid1_handlers: bool = False
+    # setsid(): the child leaves the parent's session and process group, so
+    # kill(0, sig) inside cannot reach the parent's group (the kernel lets a
+    # process in a child pid/user namespace signal its own process group, and
+    # our uid owns the parent), and the parent's terminal's Ctrl-C does not
+    # reach the child.
+    new_session: bool = True
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
@@ -208,6 +214,9 @@ def child_main(
                     os._exit(EXIT_PARENT_GONE)
             if go != _frames.GO:
                 raise RuntimeError(f"handshake: expected the go byte, got {go!r}")
+            if plan.new_session:
+                step = "setsid"
+                os.setsid()
             step = "signals"
             _reset_signals(sigplan)
             if plan.close_fds:

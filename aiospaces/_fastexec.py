@@ -109,6 +109,7 @@ WITH_INIT = 2
 CLOSE_FDS = 4
 STDERR_TO_STDOUT = 8
 WAIT_EXEC = 16
+NEW_SESSION = 32
 
 # The init sends R once the program's execve has completed (ptrace handshake).
 wait_exec = True
@@ -151,6 +152,7 @@ class FastPlan:
     die_with_parent: bool
     with_init: bool
     program: str
+    new_session: bool = True
 
 
 def _template(step: str, filename: str | None) -> tuple[bytes, bytes]:
@@ -211,6 +213,7 @@ async def launch_exec(
         | (CLOSE_FDS if plan.close_fds else 0)
         | (STDERR_TO_STDOUT if plan.stderr_to_stdout else 0)
         | (WAIT_EXEC if wait_exec else 0)
+        | (NEW_SESSION if plan.new_session else 0)
     )
     srcs = set(plan.sources)
     keep = sorted({csock, *(fd for fd in plan.pass_fds if fd >= 3 and fd not in srcs)})

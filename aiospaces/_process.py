@@ -692,6 +692,7 @@ async def create_process(
     as_pid_1: bool = False,
     die_with_parent: bool = True,
     sandbox: Sandbox | None = None,
+    new_session: bool = True,
 ) -> Process:
     """Start ``argv`` in new namespaces (``flags``); return a :class:`Process`.
 
@@ -709,6 +710,10 @@ async def create_process(
     PID 1 itself (it then ignores signals it has no handler for, except
     SIGKILL). The child keeps fds 0-2 and ``pass_fds`` (``close_fds=True``)
     and dies with the thread that started it (``die_with_parent=True``).
+    With ``new_session=True`` (default) it starts a new session
+    (``setsid``): code inside cannot signal our process group with
+    ``kill(0, sig)``, and our terminal's Ctrl-C does not reach it; pass
+    ``False`` for an interactive program that needs our terminal.
 
     ``sandbox`` is a full isolation spec (:class:`~aiospaces.Sandbox`): its
     namespaces are added to ``flags``, its id maps replace ``uid_map``/
@@ -739,6 +744,7 @@ async def create_process(
     check_bool(as_pid_1, "as_pid_1")
     close = check_bool(close_fds, "close_fds")
     die = check_bool(die_with_parent, "die_with_parent")
+    session = check_bool(new_session, "new_session")
     compiled: CompiledSandbox | None = None
     if sandbox is None:
         maps = check_maps(flags, uid_map, gid_map, map_zero)
@@ -759,8 +765,9 @@ async def create_process(
         raise ValueError("as_pid_1=True needs a new pid namespace: add CLONE_NEWPID to flags")
     try:
         return await _start(
-            raw_argv, shown, flags, envb, cwdb, specs, fds, close, die, maps, as_pid_1, compiled
-        )
+            raw_argv, shown, flags, envb, cwdb, specs, fds, close, die, maps, as_pid_1, compiled,
+            session,
+        )  # fmt: skip
     finally:
         if compiled is not None:
             compiled.close()
@@ -779,6 +786,7 @@ async def _start(
     maps: MapPlan | None,
     as_pid_1: bool,
     compiled: CompiledSandbox | None,
+    session: bool,
 ) -> Process:
     candidates = _candidates(raw_argv[0], envb)
     program = os.fsdecode(raw_argv[0])
@@ -794,6 +802,7 @@ async def _start(
             ),
             new_pidns=bool(flags & C.CLONE_NEWPID),
             steps=compiled.child_steps if compiled else (),
+            new_session=session,
         )
         body: Callable[[int], int]
         if with_init:
@@ -831,6 +840,7 @@ async def _start(
                         die,
                         with_init,
                         program,
+                        session,
                     ),
                     maps=maps,
                     started_on="R" if with_init else "EOF",

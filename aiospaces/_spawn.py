@@ -393,6 +393,7 @@ async def spawn(
     die_with_parent: bool = True,
     sandbox: Sandbox | None = None,
     result_format: ResultFormat = "pickle",
+    new_session: bool = True,
 ) -> Child[T]:
     """Run ``fn(*args, **kwargs)`` in a child created with ``flags``.
 
@@ -403,6 +404,9 @@ async def spawn(
 
     The child keeps only fds 0, 1, 2 and ``pass_fds`` (``close_fds=True``)
     and dies with the thread that spawned it (``die_with_parent=True``).
+    With ``new_session=True`` (default) it starts a new session (``setsid``):
+    code inside cannot signal our process group with ``kill(0, sig)``, and
+    our terminal's Ctrl-C does not reach it.
 
     ``sandbox`` is a full isolation spec (:class:`~aiospaces.Sandbox`:
     mounts, hostname, network, ids, entering another process' namespaces);
@@ -433,12 +437,13 @@ async def spawn(
     fds = check_pass_fds(pass_fds)
     check_bool(die_with_parent, "die_with_parent")
     check_bool(close_fds, "close_fds")
+    check_bool(new_session, "new_session")
     if result_format not in RESULT_FORMATS:
         raise ValueError(f"result_format must be one of {RESULT_FORMATS}, not {result_format!r}")
     if sandbox is not None:
         return await _spawn_sandboxed(
             sandbox, fn, flags, args, kwargs, (uid_map, gid_map, map_zero), fds,
-            close_fds, die_with_parent, result_format,
+            close_fds, die_with_parent, result_format, new_session,
         )  # fmt: skip
     plan = ChildPlan(
         die_with_parent=die_with_parent,
@@ -446,6 +451,7 @@ async def spawn(
         pass_fds=fds,
         new_pidns=bool(flags & C.CLONE_NEWPID),
         pid1_handlers=bool(flags & C.CLONE_NEWPID),
+        new_session=new_session,
     )
     maps = check_maps(flags, uid_map, gid_map, map_zero)
     # Without child-side steps nothing in the child's setup can fail, so the
@@ -471,6 +477,7 @@ async def _spawn_sandboxed(
     close_fds: bool,
     die_with_parent: bool,
     result_format: str,
+    new_session: bool,
 ) -> Child[Any]:
     if not isinstance(sandbox, Sandbox):
         raise TypeError(f"sandbox must be a Sandbox, not {type(sandbox).__name__}")
@@ -486,6 +493,7 @@ async def _spawn_sandboxed(
             new_pidns=bool(flags & C.CLONE_NEWPID),
             pid1_handlers=bool(flags & C.CLONE_NEWPID),
             steps=compiled.fn_steps,
+            new_session=new_session,
         )
         wait_running = bool(plan.steps)
         body = _fn_body(fn, args, dict(kwargs), wait_running, result_format)

@@ -414,3 +414,28 @@ def test_not_executable_mode_bits_helper() -> None:
     # Guard for test_not_executable: 0o600 has no x bit for anyone.
     assert not 0o600 & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     assert sys.platform.startswith("linux")
+
+
+@pytest.mark.userns
+@pytest.mark.parametrize("as_pid_1", [False, True])
+@pytest.mark.parametrize("path", ["fast", "fork"])
+async def test_regression_exec_child_has_its_own_session(
+    as_pid_1: bool, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if path == "fork":
+        monkeypatch.setenv("AIOSPACES_EXEC_PATH", "fork")
+    import aiospaces
+
+    # /proc is the host's here: /proc/self/stat shows host-side ids.
+    done = await aiospaces.run(
+        ["cat", "/proc/self/stat"],
+        aiospaces.CLONE_NEWUSER | aiospaces.CLONE_NEWPID,
+        map_zero=True,
+        as_pid_1=as_pid_1,
+        capture_output=True,
+        check=True,
+    )
+    fields = done.stdout.decode().rsplit(")", 1)[1].split()
+    pgrp, session = int(fields[2]), int(fields[3])
+    assert session != os.getsid(0)
+    assert pgrp == session  # a session and process group of its own

@@ -473,3 +473,37 @@ async def test_regression_gil_drop_request_does_not_hang_children() -> None:
         stop.set()
         for t in threads:
             t.join()
+
+
+@pytest.mark.userns
+@pytest.mark.parametrize("flags", [0, USER_PID])
+async def test_regression_kill_0_inside_cannot_reach_our_process_group(flags: int) -> None:
+    # A child in the parent's process group could signal the whole group
+    # (the parent included) with kill(0, sig), even from new user+pid
+    # namespaces. Children now start a new session.
+    def probe() -> tuple[int, int, int]:
+        return os.getsid(0), os.getpgid(0), os.getpid()
+
+    child = await spawn(probe, flags, map_zero=bool(flags))
+    sid, pgid, pid = await child.result()
+    assert sid == pgid == pid  # a session and group of its own
+    assert sid != os.getsid(0)
+
+    def kill_group() -> None:
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the sender is in its group too
+        os.kill(0, signal.SIGUSR1)
+
+    got: list[int] = []
+    old = signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
+    try:
+        child = await spawn(kill_group, flags, map_zero=bool(flags))
+        await child.result()
+        await asyncio.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert got == []
+
+
+async def test_new_session_false_keeps_our_group() -> None:
+    child = await spawn(lambda: os.getpgid(0), new_session=False)
+    assert await child.result() == os.getpgid(0)

@@ -158,6 +158,7 @@ fork_clone_legacy(PyObject *module, PyObject *args)
 #define SX_CLOSE_FDS 4
 #define SX_STDERR_TO_STDOUT 8
 #define SX_WAIT_EXEC 16 /* the init sends R once execve has completed */
+#define SX_NEW_SESSION 32 /* setsid(): kill(0, sig) cannot reach the parent's group */
 
 #define SX_STEP_EXECVE 0
 #define SX_STEP_CHDIR 1
@@ -535,6 +536,9 @@ sx_child_main(struct sx_plan *p)
 {
     if (p->flags & SX_DIE_WITH_PARENT) {
         SYS2(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+    }
+    if (p->flags & SX_NEW_SESSION) {
+        SYS0(SYS_setsid); /* a fresh child is never a group leader: cannot fail */
     }
     SYS1(SYS_close, p->parent_end);
     char go = 0;
