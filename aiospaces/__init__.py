@@ -8,6 +8,7 @@
 1
 """
 
+from . import cgroups
 from ._errors import (
     ChildError,
     ChildExited,
@@ -60,7 +61,22 @@ from ._process import (
     run,
 )
 from ._spawn import Child, RemoteTraceback, spawn
+from .cgroups import CgroupUnavailable
+from .hardening import Landlock, SeccompPolicy
+from .pool import PoolExecutor, SandboxPool
 from .sandbox import Bind, Dev, Proc, ReadOnly, Sandbox, Symlink, Tmpfs, Veth
+from .supervisor import (
+    ChildStatus,
+    Event,
+    EventStream,
+    Exited,
+    GaveUp,
+    Restarting,
+    Started,
+    Stopped,
+    Supervisor,
+    SupervisorGaveUp,
+)
 
 __version__ = "0.1.0"
 
@@ -99,26 +115,42 @@ __all__ = [
     "STACK_SIZE",
     "STDOUT",
     "Bind",
+    "CgroupUnavailable",
     "Child",
     "ChildError",
     "ChildExited",
     "ChildFailed",
     "ChildKilled",
     "ChildLost",
+    "ChildStatus",
     "CompletedRun",
     "Dev",
+    "Event",
+    "EventStream",
+    "Exited",
+    "GaveUp",
+    "Landlock",
     "NamespaceUnavailable",
+    "PoolExecutor",
     "Proc",
     "Process",
     "ReadOnly",
     "RemoteTraceback",
+    "Restarting",
     "RunTimeout",
     "Sandbox",
+    "SandboxPool",
+    "SeccompPolicy",
     "SpawnError",
+    "Started",
+    "Stopped",
+    "Supervisor",
+    "SupervisorGaveUp",
     "Symlink",
     "Tmpfs",
     "Veth",
     "__version__",
+    "cgroups",
     "create_process",
     "run",
     "spawn",

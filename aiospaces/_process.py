@@ -41,6 +41,7 @@ from ._linux import constants as C
 from ._linux import validate_flags
 from ._spawn import check_bool, check_maps, check_pass_fds
 from .idmap import MapPlan, MapSpec
+from .limits import SandboxGuard
 from .sandbox import CompiledSandbox, Sandbox
 
 __all__ = [
@@ -447,19 +448,35 @@ class Process:
     (b'hi', 0)
     """
 
-    __slots__ = ("_args", "_core", "_flags", "_init", "_transports", "stderr", "stdin", "stdout")
+    __slots__ = (
+        "_args",
+        "_core",
+        "_flags",
+        "_guard",
+        "_init",
+        "_transports",
+        "stderr",
+        "stdin",
+        "stdout",
+    )
 
     stdin: asyncio.StreamWriter | None
     stdout: asyncio.StreamReader | None
     stderr: asyncio.StreamReader | None
 
     def __init__(
-        self, core: Launched, flags: int, args: list[str | bytes], with_init: bool
+        self,
+        core: Launched,
+        flags: int,
+        args: list[str | bytes],
+        with_init: bool,
+        guard: SandboxGuard | None = None,
     ) -> None:
         self._core = core
         self._flags = flags
         self._args = args
         self._init = with_init
+        self._guard = guard  # a Sandbox's limits: timeout, OOM, its cgroup
         self._transports: list[asyncio.BaseTransport] = []
         self.stdin = None
         self.stdout = None
@@ -478,6 +495,25 @@ class Process:
     @property
     def args(self) -> list[str | bytes]:
         return self._args
+
+    @property
+    def oom_killed(self) -> bool:
+        """The sandbox's cgroup reported an OOM kill (a Sandbox with memory limits)."""
+        return self._guard is not None and self._guard.oom_killed
+
+    @property
+    def timed_out(self) -> bool:
+        """The Sandbox's ``timeout`` ended it."""
+        return self._guard is not None and self._guard.timed_out
+
+    @property
+    def kill_reason(self) -> str | None:
+        """Why it died of a signal: ``"oom"``, ``"cpu-limit"``, ``"timeout"``,
+        ``"seccomp"`` or ``"signal"``; None while running or after a plain exit."""
+        rc = self.returncode
+        if rc is None or rc >= 0:
+            return None
+        return self._guard.reason(rc) if self._guard is not None else "signal"
 
     @property
     def flags(self) -> int:
@@ -528,6 +564,8 @@ class Process:
         core = self._core
         if not core.done.done():
             await asyncio.shield(core.done)
+        if self._guard is not None:  # its cgroup removed (cancelling leaves it to finish)
+            await self._guard.settled()
         if core.lost:
             raise ChildLost(core.pid)
         rc = self.returncode
@@ -853,10 +891,12 @@ async def _start(
                     maps=maps,
                     parent_steps=compiled.parent_steps if compiled else (),
                     started_on="R" if with_init else "EOF",
+                    cgroup_fd=compiled.cgroup_fd if compiled else -1,
                 )
         finally:
             io_.close_sources()
-        proc = Process(core, flags, shown, with_init)
+        guard = compiled.supervise(core) if compiled is not None else None
+        proc = Process(core, flags, shown, with_init, guard)
         try:
             await _connect_uncancelled(proc, io_.parent_ends)
         except BaseException:
@@ -945,6 +985,10 @@ async def run(
     out, err = proc._outputs(cap)
     rc = proc.returncode
     assert rc is not None
+    if proc.timed_out:  # the Sandbox's own timeout, not run()'s
+        guard = proc._guard
+        assert guard is not None and guard.timeout is not None
+        raise RunTimeout(_shown(argv), float(guard.timeout), out, err)
     if check and rc:
         raise subprocess.CalledProcessError(rc, proc.args, out, err)
     return CompletedRun(

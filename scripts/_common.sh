@@ -3,7 +3,7 @@
 
 # The README's two commands, verbatim: .ci/run fails at once if README.md no
 # longer contains them, so the README and CI cannot drift apart.
-AIOSPACES_RUN_CMD="python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/python examples/clone_ps.py"
+AIOSPACES_RUN_CMD="python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/aiospaces run -U -r -p --ro-bind / / --proc /proc --as-pid-1 -- sh -c 'ps ax; exit'"
 AIOSPACES_TEST_CMD="python3 -m venv .venv && .venv/bin/pip install -e '.[test,dev]' && .venv/bin/python -m pytest"
 
 # The unprivileged user the second CI pass runs as.

@@ -1,0 +1,46 @@
+"""Exec mode with a Sandbox's limits: OOM and timeout are reported on the Process."""
+
+from __future__ import annotations
+
+import pytest
+from limits_helpers import cgroup_leftovers, no_cgroup_leftovers  # noqa: F401
+
+from aiospaces import RunTimeout, Sandbox, create_process, run
+from aiospaces.cgroups import available
+
+SUPPORT = available()
+MEMORY = pytest.mark.skipif(
+    "memory_max" not in SUPPORT.limits, reason=f"no cgroup memory limit here ({SUPPORT.describe()})"
+)
+HOG = "import sys; b = []\nwhile True: b.append(bytearray(16 << 20))"
+
+
+@MEMORY
+async def test_oom_killed_program_is_reported_as_oom() -> None:
+    sb = Sandbox(namespaces={"user", "pid"}, memory_max="64M", memory_swap_max=0)
+    import sys
+
+    proc = await create_process([sys.executable, "-c", HOG], sandbox=sb)
+    rc = await proc.wait()
+    assert rc == -9
+    assert proc.oom_killed
+    assert proc.kill_reason == "oom"
+    assert cgroup_leftovers() == []
+
+
+@pytest.mark.userns
+async def test_sandbox_timeout_raises_run_timeout_and_kills_everything() -> None:
+    sb = Sandbox(namespaces={"user", "pid"}, timeout=0.3)
+    with pytest.raises(RunTimeout) as info:
+        await run(
+            ["sh", "-c", "sleep 100 & sleep 100; echo never"], sandbox=sb, capture_output=True
+        )
+    assert info.value.timeout == pytest.approx(0.3)
+    # the conftest's leak check proves nothing of the sandbox survived
+
+
+@pytest.mark.userns
+async def test_plain_exit_has_no_kill_reason() -> None:
+    proc = await create_process(["true"], sandbox=Sandbox(namespaces={"user"}))
+    assert await proc.wait() == 0
+    assert proc.kill_reason is None and not proc.oom_killed and not proc.timed_out
