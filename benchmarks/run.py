@@ -126,6 +126,24 @@ def targets(rows: list[Row]) -> list[tuple[str, str, str, bool | None]]:
         5,
         "{:.1f} ms",
     )
+    fresh = _find(rows, "pool throughput", "trivial tasks, size 8", "SandboxPool fresh (flags=0)")
+    warm = _find(rows, "pool throughput", "trivial tasks, size 8", "SandboxPool warm (flags=0)")
+    add(
+        "pool fresh ≥ 800 tasks/s",
+        "#7",
+        fresh.extra["tasks_per_s"] if fresh else None,
+        800,
+        "{:.0f} tasks/s",
+        higher_is_better=True,
+    )
+    add(
+        "pool warm ≥ 0.5x ProcessPoolExecutor",
+        "#7",
+        warm.ratio if warm else None,
+        0.5,
+        "{:.2f}x",
+        higher_is_better=True,
+    )
     return out
 
 

@@ -1,0 +1,72 @@
+"""Scenario 5: SandboxPool throughput (fresh, warm) beside ProcessPoolExecutor.
+
+The candidates and runners are those of ``benchmarks/pool_bench.py``; this
+module runs them interleaved inside the suite and returns rows (median
+tasks/s as ``extra["tasks_per_s"]``; ``median_ms`` is per task).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import multiprocessing
+import statistics
+import time
+
+from aiospaces import CLONE_NEWPID, CLONE_NEWUSER
+from aiospaces.pool import SandboxPool
+
+from ._harness import Row
+from .pool_bench import Runner, executor_runner, pool_runner
+
+PPE = "ProcessPoolExecutor (fork)"
+
+
+async def _measure(tasks: int, rounds: int, size: int = 8) -> dict[str, list[float]]:
+    ppe = concurrent.futures.ProcessPoolExecutor(
+        size, mp_context=multiprocessing.get_context("fork")
+    )
+    pools = {
+        "SandboxPool fresh (flags=0)": SandboxPool(size),
+        "SandboxPool fresh (user+pid)": SandboxPool(
+            size, flags=CLONE_NEWUSER | CLONE_NEWPID, map_zero=True
+        ),
+        "SandboxPool warm (flags=0)": SandboxPool(size, fresh=False),
+    }
+    runners: dict[str, Runner] = {name: pool_runner(p) for name, p in pools.items()}
+    runners[PPE] = executor_runner(ppe)
+    rates: dict[str, list[float]] = {name: [] for name in runners}
+    try:
+        for run in runners.values():
+            await run(max(size, tasks // 5))
+        for _ in range(rounds):
+            for name, run in runners.items():
+                t0 = time.perf_counter()
+                await run(tasks)
+                rates[name].append(tasks / (time.perf_counter() - t0))
+    finally:
+        for p in pools.values():
+            await p.aclose()
+        ppe.shutdown()
+    return rates
+
+
+def run(full: bool) -> list[Row]:
+    rates = asyncio.run(_measure(1000 if full else 300, 5 if full else 3))
+    ppe = statistics.median(rates[PPE])
+    rows = []
+    for name, values in rates.items():
+        med = statistics.median(values)
+        rows.append(
+            Row(
+                "pool throughput",
+                "trivial tasks, size 8",
+                name,
+                len(values),
+                1e3 / med,
+                1e3 / min(values),
+                med / ppe,
+                extra={"tasks_per_s": med},
+            )
+        )
+    return rows
