@@ -422,10 +422,10 @@ class Sandbox:
         gmap = parse_map(self.gid_map, field="gid_map")
         if (umap or gmap or self.map_zero) and "user" not in ns:
             raise ValueError("uid_map/gid_map/map_zero need a new user namespace: add 'user'")
-        if umap is not None:
-            put(self, "uid_map", umap)
-        if gmap is not None:
-            put(self, "gid_map", gmap)
+        # Stored normalised: "no map" ("", [], False) is None, so map_zero's
+        # default applies and the frozen spec stays hashable.
+        put(self, "uid_map", umap)
+        put(self, "gid_map", gmap)
         uid = _id(self.uid, "uid")
         gid = _id(self.gid, "gid")
         if "user" in ns:
