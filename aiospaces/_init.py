@@ -50,10 +50,16 @@ from __future__ import annotations
 import _signal  # type: ignore[import-not-found]  # the C module: no enum wrapping
 import contextlib
 import os
+import resource
 import struct
 from dataclasses import dataclass
 
 from . import _frames
+
+try:
+    from ._linux import _fork as _cfork
+except ImportError:  # built without a C compiler
+    _cfork = None  # type: ignore[assignment]
 
 __all__ = ["FORWARDED_SIGNALS", "InitPlan", "decode_status", "run_init"]
 
@@ -65,6 +71,7 @@ STATUS = struct.Struct("!i")
 _SIG_BLOCK = int(_signal.SIG_BLOCK)
 _SIG_SETMASK = int(_signal.SIG_SETMASK)
 _SIGKILL = int(_signal.SIGKILL)
+_SIG_DFL = int(_signal.SIG_DFL)
 # Kept by glibc's posix_spawn for the program unless named: Python ignores
 # SIGPIPE and SIGXFSZ; subprocess restores them to the default too.
 DEFAULT_FOR_PROGRAM: tuple[int, ...] = tuple(
@@ -83,6 +90,57 @@ class InitPlan:
     cwd: bytes | None
     file_actions: tuple[tuple[int, ...], ...]  # os.posix_spawn's, stdio wiring
     program: str  # for the error record's filename
+    # (resource, soft, hard): a Sandbox's rlimits, for the program only. The
+    # init is a copy of the parent interpreter: RLIMIT_AS below its size would
+    # make its own posix_spawn fail (ENOMEM), so they are set in a forked
+    # child right before execve (see _fork_exec).
+    rlimits: tuple[tuple[int, int, int], ...] = ()
+
+
+def _fork_exec(plan: InitPlan) -> int:
+    """Start the program in a forked child that sets ``plan.rlimits`` last.
+
+    As ``posix_spawn`` would (stdio actions, default signals, empty mask),
+    with a close-on-exec pipe reporting the errno of a failed execve.
+    """
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the program-to-be: never returns
+        err = 1
+        try:
+            os.close(r)
+            for act in plan.file_actions:
+                if act[0] == os.POSIX_SPAWN_DUP2:
+                    os.dup2(act[1], act[2])
+                elif act[0] == os.POSIX_SPAWN_CLOSE:
+                    with contextlib.suppress(OSError):
+                        os.close(act[1])
+            for sig in FORWARDED_SIGNALS + DEFAULT_FOR_PROGRAM:
+                _signal.signal(sig, _SIG_DFL)
+            _signal.pthread_sigmask(_SIG_SETMASK, ())
+            envp = [k + b"=" + v for k, v in plan.env.items()]
+            if _cfork is not None:
+                err = _cfork.execve_limited(plan.candidates, plan.argv, envp, plan.rlimits)
+            else:  # no C helper: Python allocates after the limits are set
+                for res, soft, hard in plan.rlimits:
+                    resource.setrlimit(res, (soft, hard))
+                for path in plan.candidates:
+                    with contextlib.suppress(OSError):
+                        os.execve(path, plan.argv, plan.env)
+                err = 2
+            os.write(w, STATUS.pack(err))
+        finally:
+            os._exit(EXIT_SETUP_FAILED)
+    os.close(w)
+    try:
+        data = os.read(r, STATUS.size)
+    finally:
+        os.close(r)
+    if data:
+        os.waitpid(pid, 0)
+        (err,) = STATUS.unpack(data)
+        raise OSError(err, os.strerror(err))
+    return pid
 
 
 def decode_status(payload: bytes) -> int | None:
@@ -125,7 +183,12 @@ def run_init(sock: int, plan: InitPlan) -> int:
     pid = 0
     saved: OSError | None = None
     last: OSError | None = None
-    for path in plan.candidates:
+    if plan.rlimits:
+        try:
+            pid = _fork_exec(plan)
+        except OSError as exc:
+            return _report(sock, exc, "execve", plan.program)
+    for path in plan.candidates if not pid else ():
         try:
             # A failed posix_spawn costs a pid: look before leaping, so the
             # program is PID 2 whatever the PATH (stat fails as execve would).

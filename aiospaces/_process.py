@@ -41,7 +41,7 @@ from ._linux import constants as C
 from ._linux import validate_flags
 from ._spawn import check_bool, check_maps, check_pass_fds
 from .idmap import MapPlan, MapSpec
-from .limits import SandboxGuard
+from .limits import Rlimit, SandboxGuard
 from .sandbox import CompiledSandbox, Sandbox
 
 __all__ = [
@@ -243,7 +243,7 @@ def _check_stdio(value: object, field: str) -> _Norm:
         )
     try:
         os.fstat(fd)
-    except OSError:
+    except (OSError, OverflowError):  # OverflowError: beyond a C int, so not open either
         raise ValueError(f"{field}: fd {fd} is not open") from None
     return fd
 
@@ -827,6 +827,15 @@ async def _start(
     session: bool,
 ) -> Process:
     candidates = _candidates(raw_argv[0], envb)
+    child_steps = compiled.child_steps if compiled else ()
+    init_rlimits: tuple[tuple[int, int, int], ...] = ()
+    if compiled is not None and flags & C.CLONE_NEWPID and not as_pid_1:
+        # With an init, the Sandbox's rlimits are the program's, not the
+        # init's (which is a copy of this interpreter): the init applies them.
+        init_rlimits = tuple(
+            (s.resource, s.soft, s.hard) for s in child_steps if isinstance(s, Rlimit)
+        )
+        child_steps = tuple(s for s in child_steps if not isinstance(s, Rlimit))
     program = os.fsdecode(raw_argv[0])
     with_init = bool(flags & C.CLONE_NEWPID) and not as_pid_1
 
@@ -835,17 +844,17 @@ async def _start(
         plan = ChildPlan(
             die_with_parent=die,
             close_fds=close,
-            pass_fds=tuple(
-                sorted({*fds, *io_.sources, *(compiled.pass_fds if compiled else ())})
-            ),
+            pass_fds=tuple(sorted({*fds, *io_.sources, *(compiled.pass_fds if compiled else ())})),
             new_pidns=bool(flags & C.CLONE_NEWPID),
-            steps=compiled.child_steps if compiled else (),
+            steps=child_steps,
             new_session=session,
         )
         body: Callable[[int], int]
         if with_init:
             body = _init_body(
-                _init.InitPlan(candidates, raw_argv, envb, cwdb, _file_actions(io_), program)
+                _init.InitPlan(
+                    candidates, raw_argv, envb, cwdb, _file_actions(io_), program, init_rlimits
+                )
             )
         else:
             body = _exec_body(

@@ -354,7 +354,7 @@ def check_pass_fds(pass_fds: Iterable[int]) -> tuple[int, ...]:
             raise ValueError(f"pass_fds: {fd} is negative")
         try:
             os.fstat(fd)
-        except OSError:
+        except (OSError, OverflowError):  # OverflowError: beyond a C int, so not open either
             raise ValueError(f"pass_fds: fd {fd} is not open") from None
         out.append(fd)
     return tuple(sorted(set(out)))

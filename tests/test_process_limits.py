@@ -44,3 +44,22 @@ async def test_plain_exit_has_no_kill_reason() -> None:
     proc = await create_process(["true"], sandbox=Sandbox(namespaces={"user"}))
     assert await proc.wait() == 0
     assert proc.kill_reason is None and not proc.oom_killed and not proc.timed_out
+
+
+@pytest.mark.userns
+@pytest.mark.parametrize("as_pid_1", [False, True])
+async def test_regression_rlimit_as_applies_to_the_program_not_the_init(as_pid_1: bool) -> None:
+    # RLIMIT_AS set on the pid namespace's init (a copy of this interpreter,
+    # far larger than the limit) made its posix_spawn fail with ENOMEM, seen
+    # as "Cannot allocate memory: 'sh'" for Sandbox.untrusted() unprivileged.
+    sb = Sandbox(namespaces={"user", "pid"}, rlimits={"AS": 64 << 20, "NOFILE": 32})
+    done = await run(
+        ["sh", "-c", "ulimit -v; ulimit -n; echo $$"],
+        sandbox=sb,
+        as_pid_1=as_pid_1,
+        capture_output=True,
+        check=True,
+    )
+    assert done.stdout.split() == [b"65536", b"32", b"1" if as_pid_1 else b"2"]
+    with pytest.raises(FileNotFoundError):
+        await run(["aiospaces-no-such-program"], sandbox=sb, as_pid_1=as_pid_1)

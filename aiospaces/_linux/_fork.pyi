@@ -17,3 +17,10 @@ def spawn_exec(
     /,
 ) -> tuple[int, int, int, int]: ...
 def release_region(region: int, size: int, /) -> None: ...
+def execve_limited(
+    candidates: tuple[bytes, ...],
+    argv: tuple[bytes, ...],
+    envp: list[bytes],
+    rlimits: tuple[tuple[int, int, int], ...],
+    /,
+) -> int: ...

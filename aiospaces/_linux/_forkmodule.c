@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -884,10 +885,108 @@ fork_release_region(PyObject *module, PyObject *args)
 
 #endif /* AIOSPACES_HAVE_SPAWN_EXEC */
 
+/* execve_limited(candidates, argv, envp, rlimits) -> errno (only on failure)
+ *
+ * For a forked child that must exec under rlimits it cannot live with
+ * itself (RLIMIT_AS below the size of the interpreter it is a copy of): every
+ * C array is built first, the limits are set last, then execve is tried on
+ * each candidate with no allocation in between. Returns the errno to report
+ * (as execvpe picks it); on success it does not return. */
+static char **
+el_array(PyObject *seq)
+{
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    char **out = PyMem_RawCalloc((size_t)n + 1, sizeof(char *));
+    if (!out) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyBytes_Check(item)) {
+            PyMem_RawFree(out);
+            PyErr_SetString(PyExc_TypeError, "execve_limited: expected bytes");
+            return NULL;
+        }
+        out[i] = PyBytes_AS_STRING(item);
+    }
+    return out;
+}
+
+static PyObject *
+fork_execve_limited(PyObject *module, PyObject *args)
+{
+    PyObject *o_cands, *o_argv, *o_envp, *o_lim;
+    if (!PyArg_ParseTuple(args, "OOOO:execve_limited", &o_cands, &o_argv, &o_envp, &o_lim)) {
+        return NULL;
+    }
+    PyObject *cands = PySequence_Fast(o_cands, "candidates");
+    PyObject *argv = cands ? PySequence_Fast(o_argv, "argv") : NULL;
+    PyObject *envp = argv ? PySequence_Fast(o_envp, "envp") : NULL;
+    PyObject *lims = envp ? PySequence_Fast(o_lim, "rlimits") : NULL;
+    char **c = NULL, **a = NULL, **e = NULL;
+    struct rlimit *rl = NULL;
+    int *res = NULL;
+    PyObject *result = NULL;
+    if (!lims) {
+        goto done;
+    }
+    c = el_array(cands);
+    a = c ? el_array(argv) : NULL;
+    e = a ? el_array(envp) : NULL;
+    Py_ssize_t nl = PySequence_Fast_GET_SIZE(lims);
+    rl = e ? PyMem_RawCalloc((size_t)nl + 1, sizeof(struct rlimit)) : NULL;
+    res = rl ? PyMem_RawCalloc((size_t)nl + 1, sizeof(int)) : NULL;
+    if (!res) {
+        if (!PyErr_Occurred()) {
+            PyErr_NoMemory();
+        }
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < nl; i++) {
+        long long r, soft, hard;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(lims, i), "LLL", &r, &soft, &hard)) {
+            goto done;
+        }
+        res[i] = (int)r;
+        rl[i].rlim_cur = soft < 0 ? RLIM_INFINITY : (rlim_t)soft;
+        rl[i].rlim_max = hard < 0 ? RLIM_INFINITY : (rlim_t)hard;
+    }
+    for (Py_ssize_t i = 0; i < nl; i++) {
+        if (setrlimit(res[i], &rl[i]) != 0) {
+            result = PyLong_FromLong(errno);
+            goto done;
+        }
+    }
+    int saved = 0, last = ENOENT;
+    for (Py_ssize_t i = 0; c[i]; i++) {
+        execve(c[i], a, e);
+        last = errno;
+        if (!saved && last != ENOENT && last != ENOTDIR) {
+            saved = last;
+        }
+    }
+    result = PyLong_FromLong(saved ? saved : last);
+done:
+    PyMem_RawFree(c);
+    PyMem_RawFree(a);
+    PyMem_RawFree(e);
+    PyMem_RawFree(rl);
+    PyMem_RawFree(res);
+    Py_XDECREF(cands);
+    Py_XDECREF(argv);
+    Py_XDECREF(envp);
+    Py_XDECREF(lims);
+    return result;
+}
+
 static PyMethodDef fork_methods[] = {
     {"clone3", fork_clone3, METH_VARARGS,
      "clone3(flags, exit_signal=SIGCHLD, cgroup_fd=-1) -> (pid, pidfd)\n\n"
      "os.fork() with clone3 flags and CLONE_PIDFD; (0, -1) in the child."},
+    {"execve_limited", fork_execve_limited, METH_VARARGS,
+     "execve_limited(candidates, argv, envp, rlimits) -> errno\n\n"
+     "Set rlimits ((resource, soft, hard); -1 = unlimited) then execve each candidate;\n"
+     "returns the errno to report if none could be executed."},
     {"clone_legacy", fork_clone_legacy, METH_VARARGS,
      "clone_legacy(flags, exit_signal=SIGCHLD) -> (pid, pidfd)\n\n"
      "The same through clone(2) with CLONE_PIDFD (Linux 5.2), for hosts without clone3."},
