@@ -244,6 +244,20 @@ async def _async_part(rounds: int, exec_rounds: int) -> list[Row]:
     return rows
 
 
+def write_docs(rows: list[Row], text: str) -> None:
+    """docs/benchmarks.md (the head text, the chart, the report) and the chart."""
+    docs = ROOT / "docs"
+    docs.mkdir(exist_ok=True)
+    has_chart = chart(rows, docs / "benchmarks.png")
+    head = (
+        (ROOT / "docs" / "benchmarks.head.md").read_text()
+        if (docs / "benchmarks.head.md").exists()
+        else "# Benchmarks\n\n"
+    )
+    body = head + ("![latency and loop lag](benchmarks.png)\n\n" if has_chart else "") + text
+    (docs / "benchmarks.md").write_text(body)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks",
@@ -258,7 +272,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--docs", action="store_true", help="rewrite docs/benchmarks.md and docs/benchmarks.png"
     )
+    ap.add_argument(
+        "--from-json", metavar="FILE", help="measure nothing: report (and --docs) a saved run"
+    )
     a = ap.parse_args(argv)
+    if a.from_json:
+        saved = json.loads(Path(a.from_json).read_text())
+        rows = [Row(**r) for r in saved["rows"]]
+        info = saved["machine"]
+        text = render(rows, targets(rows), info)
+        print(text)
+        if a.docs:
+            write_docs(rows, text)
+        return 0
     full = a.full
     rounds = 200 if full else 40
     rows = asyncio.run(_async_part(rounds, rounds))
@@ -293,16 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     if a.docs:
-        docs = ROOT / "docs"
-        docs.mkdir(exist_ok=True)
-        has_chart = chart(rows, docs / "benchmarks.png")
-        head = (
-            (ROOT / "docs" / "benchmarks.head.md").read_text()
-            if (docs / "benchmarks.head.md").exists()
-            else "# Benchmarks\n\n"
-        )
-        body = head + ("![latency and loop lag](benchmarks.png)\n\n" if has_chart else "") + text
-        (docs / "benchmarks.md").write_text(body)
+        write_docs(rows, text)
     return 0
 
 
