@@ -32,10 +32,12 @@ Each task's child starts a new session (``setsid``) before running ``fn``,
 so sandboxed code cannot signal the caller's process group with
 ``kill(0, sig)``.
 
-Results come back pickled and are unpickled in the caller: isolation
-protects the host from what the code *does*, but a hostile task can still
-craft a pickle that runs code when it is loaded. For untrusted code, return
-plain data (str, bytes, numbers) and check it, as the examples do.
+By default results come back pickled and are unpickled in the caller:
+isolation protects the host from what the code *does*, but a hostile task
+can craft a pickle that runs code when it is loaded (returning "plain data"
+does not help: the task can write to its channel directly). For untrusted
+code use ``SandboxPool(..., result_format="json")`` (or ``"bytes"``), fresh
+mode: nothing the task sends is then unpickled.
 """
 
 from __future__ import annotations
@@ -78,7 +80,15 @@ _VALUE = b"V"  # pickled value
 _EXC = b"X"  # pickled (exception, formatted traceback)
 _TEXT = b"T"  # pickled (message, traceback) of str: what could not be pickled
 _SPAWN_OPTIONS = frozenset(
-    {"uid_map", "gid_map", "map_zero", "pass_fds", "close_fds", "die_with_parent"}
+    {
+        "uid_map",
+        "gid_map",
+        "map_zero",
+        "pass_fds",
+        "close_fds",
+        "die_with_parent",
+        "result_format",
+    }
 )
 # How long a recycled or idle worker may take to exit on EOF before SIGKILL.
 _RETIRE_GRACE = 1.0
@@ -287,6 +297,11 @@ class SandboxPool:
         self._flags = flags
         self._fresh = fresh
         self._max_tasks = max_tasks_per_worker
+        if spawn_kwargs.get("result_format", "pickle") != "pickle" and not fresh:
+            raise ValueError(
+                "result_format: warm workers send pickled results; use fresh=True "
+                "for result_format='json' or 'bytes' (untrusted code)"
+            )
         self._options = spawn_options(sandbox, spawn_kwargs)
         self._pass_fds = tuple(self._options.pop("pass_fds", ()))
         self._loop: asyncio.AbstractEventLoop | None = None

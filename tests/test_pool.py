@@ -473,3 +473,15 @@ async def test_cancelling_a_map_consumer_kills_what_it_started() -> None:
             await task
         assert all(proc_state(p) is None for p in child_pids())
         assert await pool.run(square, 3) == 9
+
+
+async def test_result_format_json_for_untrusted_tasks() -> None:
+    from aiospaces import ChildError
+    from aiospaces.pool import SandboxPool
+
+    async with SandboxPool(2, result_format="json") as pool:
+        assert await pool.run(sorted, [3, 1, 2]) == [1, 2, 3]
+        with pytest.raises(ChildError, match="could not be encoded as json"):
+            await pool.run(object)
+    with pytest.raises(ValueError, match="warm workers send pickled results"):
+        SandboxPool(2, fresh=False, result_format="json")
