@@ -169,6 +169,21 @@ def _flush_stdio() -> None:
             pass
 
 
+def _parent_gone(sock: int) -> bool:
+    """Did the parent die before PDEATHSIG was set (after sending "go")?
+
+    Then its end of the channel is closed: a non-blocking read sees EOF.
+    Alive, the parent has sent nothing more, so the read would block.
+    """
+    os.set_blocking(sock, False)
+    try:
+        return os.read(sock, 1) == b""
+    except BlockingIOError:
+        return False
+    finally:
+        os.set_blocking(sock, True)
+
+
 def escape_guard(sock: int) -> NoReturn:
     """The child raised between clone and :func:`child_main`: report, exit."""
     exc = sys.exc_info()[1] or RuntimeError("unknown failure after clone")
@@ -214,6 +229,8 @@ def child_main(
                     os._exit(EXIT_PARENT_GONE)
             if go != _frames.GO:
                 raise RuntimeError(f"handshake: expected the go byte, got {go!r}")
+            if plan.die_with_parent and _parent_gone(sock):
+                os._exit(EXIT_PARENT_GONE)
             if plan.new_session:
                 step = "setsid"
                 os.setsid()

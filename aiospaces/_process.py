@@ -35,7 +35,7 @@ from typing import IO, Any, Self, TypeAlias
 
 from . import _fastexec, _frames, _init
 from ._child import ChildPlan
-from ._errors import ChildLost
+from ._handle import ProcessHandle
 from ._launch import Launched, launch
 from ._linux import constants as C
 from ._linux import validate_flags
@@ -423,7 +423,7 @@ class _Capture:
         buf += chunk
 
 
-class Process:
+class Process(ProcessHandle):
     """A program started by :func:`create_process`. No public constructor.
 
     Shaped like :class:`asyncio.subprocess.Process`: ``pid``, ``returncode``
@@ -448,17 +448,7 @@ class Process:
     (b'hi', 0)
     """
 
-    __slots__ = (
-        "_args",
-        "_core",
-        "_flags",
-        "_guard",
-        "_init",
-        "_transports",
-        "stderr",
-        "stdin",
-        "stdout",
-    )
+    __slots__ = ("_args", "_init", "_transports", "stderr", "stdin", "stdout")
 
     stdin: asyncio.StreamWriter | None
     stdout: asyncio.StreamReader | None
@@ -472,52 +462,17 @@ class Process:
         with_init: bool,
         guard: SandboxGuard | None = None,
     ) -> None:
-        self._core = core
-        self._flags = flags
+        super().__init__(core, flags, guard)
         self._args = args
         self._init = with_init
-        self._guard = guard  # a Sandbox's limits: timeout, OOM, its cgroup
         self._transports: list[asyncio.BaseTransport] = []
         self.stdin = None
         self.stdout = None
         self.stderr = None
 
     @property
-    def pid(self) -> int:
-        """The pid in our namespace (the init's, when there is one)."""
-        return self._core.pid
-
-    @property
-    def pidfd(self) -> int:
-        """The pidfd (``-1`` once the process is reaped and it is closed)."""
-        return self._core.exit.pidfd
-
-    @property
     def args(self) -> list[str | bytes]:
         return self._args
-
-    @property
-    def oom_killed(self) -> bool:
-        """The sandbox's cgroup reported an OOM kill (a Sandbox with memory limits)."""
-        return self._guard is not None and self._guard.oom_killed
-
-    @property
-    def timed_out(self) -> bool:
-        """The Sandbox's ``timeout`` ended it."""
-        return self._guard is not None and self._guard.timed_out
-
-    @property
-    def kill_reason(self) -> str | None:
-        """Why it died of a signal: ``"oom"``, ``"cpu-limit"``, ``"timeout"``,
-        ``"seccomp"`` or ``"signal"``; None while running or after a plain exit."""
-        rc = self.returncode
-        if rc is None or rc >= 0:
-            return None
-        return self._guard.reason(rc) if self._guard is not None else "signal"
-
-    @property
-    def flags(self) -> int:
-        return self._flags
 
     @property
     def returncode(self) -> int | None:
@@ -533,18 +488,7 @@ class Process:
         return core.returncode
 
     def __repr__(self) -> str:
-        core = self._core
-        if core.lost:
-            state = "lost"
-        elif core.returncode is None:
-            state = "running"
-        else:
-            state = f"returncode={self.returncode}"
-        return f"<Process pid={core.pid} {state} args={self._args!r}>"
-
-    def send_signal(self, sig: int) -> None:
-        """Send ``sig`` through the pidfd; ``ProcessLookupError`` once reaped."""
-        self._core.send_signal(sig)
+        return f"<Process pid={self.pid} {self._state()} args={self._args!r}>"
 
     def terminate(self) -> None:
         """SIGTERM (forwarded to the program by the init, if there is one)."""
@@ -561,13 +505,7 @@ class Process:
         ``stdout`` pipe nobody reads never exits (use :meth:`communicate`).
         Raises :class:`~aiospaces.ChildLost` if something else reaped it.
         """
-        core = self._core
-        if not core.done.done():
-            await asyncio.shield(core.done)
-        if self._guard is not None:  # its cgroup removed (cancelling leaves it to finish)
-            await self._guard.settled()
-        if core.lost:
-            raise ChildLost(core.pid)
+        await self._reaped()
         rc = self.returncode
         assert rc is not None
         return rc

@@ -21,11 +21,11 @@ from typing import Any, Generic, Literal, Self, TypeVar
 
 from . import _frames
 from ._child import ChildPlan
-from ._errors import ChildError, ChildExited, ChildKilled, ChildLost
+from ._errors import ChildError, ChildExited, ChildKilled
+from ._handle import ProcessHandle
 from ._launch import Launched, launch
 from ._linux import constants as C
 from ._linux import validate_flags
-from .cgroups import SandboxCgroup
 from .idmap import MapPlan, MapSpec, plan_maps
 from .limits import SandboxGuard
 from .sandbox import Sandbox
@@ -146,7 +146,7 @@ async def _await(aw: Awaitable[Any]) -> Any:
 # -- the parent's handle -------------------------------------------------------
 
 
-class Child(Generic[T]):
+class Child(ProcessHandle, Generic[T]):
     """A running (or finished) child made by :func:`spawn`. No public constructor.
 
     ``pid`` is the pid in the parent's namespace; ``returncode`` is ``None``
@@ -166,7 +166,7 @@ class Child(Generic[T]):
     ...     assert await child.result() == 42
     """
 
-    __slots__ = ("_core", "_flags", "_format", "_guard")
+    __slots__ = ("_format",)
 
     def __init__(
         self,
@@ -175,79 +175,25 @@ class Child(Generic[T]):
         result_format: str = "pickle",
         guard: SandboxGuard | None = None,
     ) -> None:
-        self._core = core
-        self._flags = flags
+        super().__init__(core, flags, guard)
         self._format = result_format
-        self._guard = guard  # a Sandbox's limits: timeout, OOM, its cgroup
-
-    @property
-    def pid(self) -> int:
-        return self._core.pid
-
-    @property
-    def pidfd(self) -> int:
-        """The pidfd (``-1`` once the child is reaped and it is closed)."""
-        return self._core.exit.pidfd
-
-    @property
-    def returncode(self) -> int | None:
-        return self._core.returncode
-
-    @property
-    def flags(self) -> int:
-        return self._flags
-
-    @property
-    def oom_killed(self) -> bool:
-        """True once reaped if the OOM killer killed a process in the sandbox's cgroup."""
-        return self._guard is not None and self._guard.oom_killed
-
-    @property
-    def timed_out(self) -> bool:
-        """True if the Sandbox's ``timeout`` expired and killed the sandbox."""
-        return self._guard is not None and self._guard.timed_out
-
-    @property
-    def cgroup(self) -> SandboxCgroup | None:
-        """The sandbox's cgroup (removed once the child is reaped), or None."""
-        return self._guard.cgroup if self._guard is not None else None
 
     def __repr__(self) -> str:
-        core = self._core
-        if core.lost:
-            state = "lost"
-        elif core.returncode is None:
-            state = "running"
-        else:
-            state = f"returncode={core.returncode}"
-        return f"<Child pid={core.pid} {state}>"
-
-    def send_signal(self, sig: int) -> None:
-        """Send ``sig`` through the pidfd; ``ProcessLookupError`` once reaped."""
-        self._core.send_signal(sig)
+        return f"<Child pid={self.pid} {self._state()}>"
 
     def terminate(self) -> None:
         """SIGTERM (a PID-1 child then exits with status 143)."""
         self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        """SIGKILL."""
-        self.send_signal(signal.SIGKILL)
 
     async def wait(self) -> int:
         """Wait until the child exits and is reaped; return ``returncode``.
 
         Raises :class:`ChildLost` if another part of the program reaped it.
         """
-        core = self._core
-        if not core.done.done():
-            await asyncio.shield(core.done)
-        if self._guard is not None:  # its cgroup removed (cancelling leaves it to finish)
-            await self._guard.settled()
-        if core.lost:
-            raise ChildLost(core.pid)
-        assert core.returncode is not None
-        return core.returncode
+        await self._reaped()
+        rc = self._core.returncode
+        assert rc is not None
+        return rc
 
     async def result(self) -> T:
         """Wait for the child, then return ``fn``'s value or raise its exception.

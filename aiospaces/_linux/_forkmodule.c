@@ -20,6 +20,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -296,6 +297,8 @@ sx_clone3_run(struct clone_args_v2 *ca, size_t size, void (*fn)(struct sx_plan *
 #define SYS2(n, a, b) sx_sys6((n), (long)(a), (long)(b), 0, 0, 0, 0)
 #define SYS3(n, a, b, c) sx_sys6((n), (long)(a), (long)(b), (long)(c), 0, 0, 0)
 #define SYS4(n, a, b, c, d) sx_sys6((n), (long)(a), (long)(b), (long)(c), (long)(d), 0, 0)
+#define SYS6(n, a, b, c, d, e, f) \
+    sx_sys6((n), (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), (long)(f))
 
 static const int sx_forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
 #define SX_NFORWARDED ((int)(sizeof(sx_forwarded) / sizeof(sx_forwarded[0])))
@@ -555,6 +558,16 @@ sx_child_main(struct sx_plan *p)
     }
     if (go != 'G') {
         sx_fail(p, SX_STEP_SETUP, EPROTO);
+    }
+    if (p->flags & SX_DIE_WITH_PARENT) {
+        /* The parent may have died (and sent its go before) while we had
+         * not set PDEATHSIG yet: then its end of the channel is closed and
+         * a non-blocking peek sees EOF. Alive, nothing more is queued. */
+        char peek;
+        long n = SYS6(SYS_recvfrom, p->chan, &peek, 1, MSG_DONTWAIT | MSG_PEEK, 0, 0);
+        if (n == 0) {
+            sx_exit(SX_EXIT_PARENT_GONE);
+        }
     }
     /* The parent's handlers must never run here: they would write its memory.
      * Caught signals go back to the default; ignored ones stay ignored, as
