@@ -22,7 +22,7 @@ import contextlib
 import os
 import signal
 
-from ._cgroup_v2 import read, write
+from ._cgroup_v2 import keyed, read, write
 
 CONTROLLER_OF = {
     "memory_max": "memory",
@@ -111,14 +111,7 @@ def kill(dirs: dict[str, str], leaf: str, rounds: int = 100) -> bool:
 
 
 def oom_kills(d: str) -> int:
-    try:
-        for line in read(os.path.join(d, "memory.oom_control")).splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-    except (OSError, ValueError):
-        pass
-    return 0
+    return keyed(os.path.join(d, "memory.oom_control"), "oom_kill") or 0
 
 
 def cpu_usage_ns(d: str) -> int | None:

@@ -150,23 +150,22 @@ def kill(leaf: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def oom_kills(leaf: str) -> int:
+def keyed(path: str, wanted: str) -> int | None:
+    """The value of ``wanted`` in a flat-keyed file (``key value`` lines), or None."""
     try:
-        for line in read(os.path.join(leaf, "memory.events")).splitlines():
+        for line in read(path).splitlines():
             key, _, value = line.partition(" ")
-            if key == "oom_kill":
+            if key == wanted:
                 return int(value)
     except (OSError, ValueError):
         pass
-    return 0
+    return None
+
+
+def oom_kills(leaf: str) -> int:
+    return keyed(os.path.join(leaf, "memory.events"), "oom_kill") or 0
 
 
 def cpu_usage_ns(leaf: str) -> int | None:
-    try:
-        for line in read(os.path.join(leaf, "cpu.stat")).splitlines():
-            key, _, value = line.partition(" ")
-            if key == "usage_usec":
-                return int(value) * 1000
-    except (OSError, ValueError):
-        pass
-    return None
+    usec = keyed(os.path.join(leaf, "cpu.stat"), "usage_usec")
+    return None if usec is None else usec * 1000

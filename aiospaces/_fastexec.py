@@ -99,7 +99,7 @@ try:
 except ImportError:  # pragma: no cover - the extension is optional
     _fork = None  # type: ignore[assignment]
 
-__all__ = ["FastPlan", "enabled", "launch_exec"]
+__all__ = ["ExecPlan", "FastPlan", "enabled", "launch_exec"]
 
 ENV_VAR = "AIOSPACES_EXEC_PATH"
 
@@ -137,21 +137,28 @@ def enabled(flags: int = 0) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class FastPlan:
-    """Everything ``spawn_exec`` copies into its region."""
+class ExecPlan:
+    """What to exec and how to wire it (shared with the fork path's exec body)."""
 
-    candidates: tuple[bytes, ...]
+    candidates: tuple[bytes, ...]  # paths to try, in PATH order
     argv: tuple[bytes, ...]
     env: dict[bytes, bytes]
     cwd: bytes | None
-    dups: tuple[tuple[int, int], ...]
-    sources: tuple[int, ...]
+    dups: tuple[tuple[int, int], ...]  # (source, stdio fd)
+    sources: tuple[int, ...]  # fds to close after the dups
     stderr_to_stdout: bool
+    program: str  # for the error record's filename
+
+
+@dataclass(frozen=True, slots=True)
+class FastPlan:
+    """Everything ``spawn_exec`` copies into its region."""
+
+    exec: ExecPlan
     pass_fds: tuple[int, ...]
     close_fds: bool
     die_with_parent: bool
     with_init: bool
-    program: str
     new_session: bool = True
 
 
@@ -207,26 +214,27 @@ async def launch_exec(
                 os.close(fd)
         raise
     child.fastexec = True  # type: ignore[attr-defined]
+    ex = plan.exec
     opts = (
         (DIE_WITH_PARENT if plan.die_with_parent else 0)
         | (WITH_INIT if plan.with_init else 0)
         | (CLOSE_FDS if plan.close_fds else 0)
-        | (STDERR_TO_STDOUT if plan.stderr_to_stdout else 0)
+        | (STDERR_TO_STDOUT if ex.stderr_to_stdout else 0)
         | (WAIT_EXEC if wait_exec else 0)
         | (NEW_SESSION if plan.new_session else 0)
     )
-    srcs = set(plan.sources)
+    srcs = set(ex.sources)
     keep = sorted({csock, *(fd for fd in plan.pass_fds if fd >= 3 and fd not in srcs)})
-    cwd_name = os.fsdecode(plan.cwd) if plan.cwd is not None else None
+    cwd_name = os.fsdecode(ex.cwd) if ex.cwd is not None else None
     errs = (
-        _template("execve", plan.program),
+        _template("execve", ex.program),
         _template("chdir", cwd_name),
         _template("stdio", None),
     )
     dups: list[int] = []
-    for src, dst in plan.dups:
+    for src, dst in ex.dups:
         dups += (src, dst)
-    envp = [k + b"=" + v for k, v in plan.env.items()]
+    envp = [k + b"=" + v for k, v in ex.env.items()]
     _flush_stdio()  # the program's output must not overtake ours
     try:
         pid, pidfd, addr, size = _fork.spawn_exec(
@@ -234,10 +242,10 @@ async def launch_exec(
             opts,
             csock,
             psock,
-            plan.candidates,
-            plan.argv,
+            ex.candidates,
+            ex.argv,
             envp,
-            plan.cwd,
+            ex.cwd,
             dups,
             sorted(srcs),
             keep,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import TYPE_CHECKING
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
 
 from ._errors import ChildLost
 from ._launch import Launched
@@ -85,6 +86,24 @@ class ProcessHandle:
     def kill(self) -> None:
         """SIGKILL."""
         self.send_signal(signal.SIGKILL)
+
+    async def _abort(self) -> None:
+        """Kill and reap (even if cancelled meanwhile)."""
+        await self._core.kill_and_reap()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Leaving the block kills and reaps (and a Sandbox's cgroup is removed)."""
+        await self._abort()
+        if self._guard is not None:
+            await self._guard.settled()
 
     async def _reaped(self) -> None:
         """Wait until reaped (and a Sandbox's cgroup is gone); ChildLost if stolen.

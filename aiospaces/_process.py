@@ -30,8 +30,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import IO, Any, Self, TypeAlias
+from typing import IO, Any, TypeAlias
 
 from . import _fastexec, _frames, _init
 from ._child import ChildPlan
@@ -325,16 +324,7 @@ def _open_stdio(specs: tuple[_Norm, _Norm, _Norm]) -> _Stdio:
 # -- the child's bodies -------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _ExecPlan:
-    candidates: tuple[bytes, ...]
-    argv: tuple[bytes, ...]
-    env: dict[bytes, bytes]
-    cwd: bytes | None
-    dups: tuple[tuple[int, int], ...]
-    sources: tuple[int, ...]
-    stderr_to_stdout: bool
-    program: str
+_ExecPlan = _fastexec.ExecPlan
 
 
 _SIG_DFL = int(_signal.SIG_DFL)
@@ -577,17 +567,6 @@ class Process(ProcessHandle):
         self._close_transports()
         await self._core.kill_and_reap()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._abort()
-
 
 def _const(proto: asyncio.StreamReaderProtocol) -> Callable[[], asyncio.StreamReaderProtocol]:
     return lambda: proto
@@ -787,6 +766,16 @@ async def _start(
             steps=child_steps,
             new_session=session,
         )
+        exec_plan = _ExecPlan(
+            candidates,
+            raw_argv,
+            envb,
+            cwdb,
+            tuple(io_.dups),
+            tuple(dict.fromkeys(io_.sources)),
+            io_.stderr_to_stdout,
+            program,
+        )
         body: Callable[[int], int]
         if with_init:
             body = _init_body(
@@ -795,38 +784,13 @@ async def _start(
                 )
             )
         else:
-            body = _exec_body(
-                _ExecPlan(
-                    candidates,
-                    raw_argv,
-                    envb,
-                    cwdb,
-                    tuple(io_.dups),
-                    tuple(dict.fromkeys(io_.sources)),
-                    io_.stderr_to_stdout,
-                    program,
-                )
-            )
+            body = _exec_body(exec_plan)
         try:
             if _fastexec.enabled(flags) and not plan.steps and compiled is None:
                 # The C path (aiospaces._fastexec): no interpreter copy.
                 core = await _fastexec.launch_exec(
                     flags,
-                    _fastexec.FastPlan(
-                        candidates,
-                        raw_argv,
-                        envb,
-                        cwdb,
-                        tuple(io_.dups),
-                        tuple(dict.fromkeys(io_.sources)),
-                        io_.stderr_to_stdout,
-                        plan.pass_fds,
-                        close,
-                        die,
-                        with_init,
-                        program,
-                        session,
-                    ),
+                    _fastexec.FastPlan(exec_plan, plan.pass_fds, close, die, with_init, session),
                     maps=maps,
                     started_on="R" if with_init else "EOF",
                 )

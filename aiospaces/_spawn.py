@@ -16,8 +16,7 @@ import signal
 import traceback
 import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from types import TracebackType
-from typing import Any, Generic, Literal, Self, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from . import _frames
 from ._child import ChildPlan
@@ -262,19 +261,6 @@ class Child(ProcessHandle, Generic[T]):
         remote, tb = obj
         remote.__cause__ = RemoteTraceback(str(tb))
         raise remote
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._core.kill_and_reap()
-        if self._guard is not None:
-            await self._guard.settled()
 
 
 def _status(rc: int) -> str:

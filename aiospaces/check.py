@@ -31,7 +31,7 @@ from ._linux import _landlock as _landlock_probe
 from ._linux import constants as C
 from ._linux import has_clone3
 from ._linux._syscalls import HAVE_C_FORK
-from ._linux.probe import kernel_release, userns_hint
+from ._linux.probe import kernel_release, read_setting, userns_hint
 from ._spawn import spawn
 from .idmap import _subids
 
@@ -66,12 +66,7 @@ class Finding:
     required: bool = False
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
+_read = read_setting
 
 
 def _kernel_at_least(version: str) -> bool:

@@ -7,7 +7,11 @@ all of them alike; every ratio is against a floor measured in the same run.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,6 +39,23 @@ class Row:
     ratio: float = float("nan")
     missing: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_fresh(module: str, *args: str) -> tuple[dict[str, Any] | None, str]:
+    """Run ``python -m benchmarks.<module> ARGS`` in a fresh interpreter.
+
+    Returns ``(the JSON object it printed last, "")`` or ``(None, why it failed)``.
+    """
+    out = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    if out.returncode != 0:
+        return None, out.stderr.strip()[-300:]
+    return json.loads(out.stdout.strip().splitlines()[-1]), ""
 
 
 def pct(values: list[float], q: float) -> float:

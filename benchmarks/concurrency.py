@@ -12,15 +12,13 @@ import asyncio
 import json
 import os
 import resource
-import subprocess
-import sys
 import time
 from typing import Any
 
 import aiospaces
 from aiospaces import CLONE_NEWPID, CLONE_NEWUSER
 
-from ._harness import LagMeter, Row
+from ._harness import LagMeter, Row, run_fresh
 
 HOLD = 600.0  # children sleep until killed
 
@@ -101,19 +99,10 @@ def run(sizes: list[int], loops: list[str]) -> list[Row]:
     rows = []
     for n in sizes:
         for loop in loops:
-            out = subprocess.run(
-                [sys.executable, "-m", "benchmarks.concurrency", "--n", str(n), "--loop", loop],
-                capture_output=True,
-                text=True,
-                check=False,
-                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-            )
-            if out.returncode != 0:
-                rows.append(
-                    Row("concurrency", f"{n} children", loop, missing=out.stderr.strip()[-300:])
-                )
+            data, why = run_fresh("concurrency", "--n", str(n), "--loop", loop)
+            if data is None:
+                rows.append(Row("concurrency", f"{n} children", loop, missing=why))
                 continue
-            data = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(
                 Row(
                     "concurrency",

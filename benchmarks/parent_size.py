@@ -10,17 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from typing import Any
 
 import aiospaces
 from aiospaces import CLONE_NEWPID, CLONE_NEWUSER
 
-from ._harness import LagMeter, Row, pct
+from ._harness import LagMeter, Row, pct, run_fresh
 
 
 def _noop() -> None:
@@ -62,32 +59,10 @@ def run(sizes: list[int], rounds: int) -> list[Row]:
     rows = []
     base = None
     for mib in sizes:
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.parent_size",
-                "--mib",
-                str(mib),
-                "--rounds",
-                str(rounds),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        )
-        if out.returncode != 0:
-            rows.append(
-                Row(
-                    "parent size",
-                    f"{mib} MiB",
-                    "aiospaces.spawn",
-                    missing=out.stderr.strip()[-300:],
-                )
-            )
+        data, why = run_fresh("parent_size", "--mib", str(mib), "--rounds", str(rounds))
+        if data is None:
+            rows.append(Row("parent size", f"{mib} MiB", "aiospaces.spawn", missing=why))
             continue
-        data = json.loads(out.stdout.strip().splitlines()[-1])
         if base is None:
             base = data["median_ms"]
         rows.append(

@@ -23,7 +23,8 @@ def _mark_no_clone3() -> None:
     _state["clone3"] = False
 
 
-def _read(path: str) -> str | None:
+def read_setting(path: str) -> str | None:
+    """A small /proc or /sys file, stripped; None if it cannot be read."""
     try:
         with open(path) as f:
             return f.read().strip()
@@ -39,13 +40,13 @@ def kernel_release() -> str:
 def userns_hint() -> str:
     """Why user namespaces may be refused on this host, and the fix."""
     hints = []
-    if _read("/proc/sys/kernel/unprivileged_userns_clone") == "0":
+    if read_setting("/proc/sys/kernel/unprivileged_userns_clone") == "0":
         hints.append(
             "kernel.unprivileged_userns_clone is 0: `sysctl -w kernel.unprivileged_userns_clone=1`"
         )
-    if _read("/proc/sys/user/max_user_namespaces") == "0":
+    if read_setting("/proc/sys/user/max_user_namespaces") == "0":
         hints.append("user.max_user_namespaces is 0: `sysctl -w user.max_user_namespaces=15000`")
-    if _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+    if read_setting("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
         hints.append(
             "AppArmor restricts unprivileged user namespaces: "
             "`sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` or an AppArmor profile "
