@@ -61,6 +61,7 @@ from ._process import (
     run,
 )
 from ._spawn import Child, RemoteTraceback, spawn
+from ._spawner import Spawner, SpawnerUnsuitable, stop_spawner
 from .cgroups import CgroupUnavailable
 from .hardening import Landlock, SeccompPolicy
 from .pool import PoolExecutor, SandboxPool
@@ -142,6 +143,8 @@ __all__ = [
     "SandboxPool",
     "SeccompPolicy",
     "SpawnError",
+    "Spawner",
+    "SpawnerUnsuitable",
     "Started",
     "Stopped",
     "Supervisor",
@@ -154,4 +157,5 @@ __all__ = [
     "create_process",
     "run",
     "spawn",
+    "stop_spawner",
 ]

@@ -216,7 +216,8 @@ def child_main(
         try:
             if plan.die_with_parent:
                 set_pdeathsig(_SIGKILL)
-            os.close(parent_end)
+            if parent_end >= 0:
+                os.close(parent_end)
             step = "handshake"
             go = b""
             while not go:

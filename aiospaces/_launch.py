@@ -20,18 +20,23 @@ import asyncio
 import contextlib
 import errno
 import os
+import pickle
 import signal
 import socket
 import sys
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import _child, _frames
 from ._errors import ChildLost, SpawnError
 from ._linux import clone_child
+from ._spawner import RelayedExit
 from ._watcher import Channel, ExitWatch
 from .idmap import MapPlan, write_maps, write_maps_async
+
+if TYPE_CHECKING:
+    from ._spawner import Spawner
 
 ParentStep = Callable[[int], Awaitable[None]]
 """A parent-side setup step: ``await step(pid)`` before the child's "go"."""
@@ -74,6 +79,7 @@ class Launched:
         loop: asyncio.AbstractEventLoop,
         sock: int,
         started_on: StartedOn,
+        exit_watch: Callable[..., ExitWatch] = ExitWatch,
     ) -> None:
         self.loop = loop
         self.pid = 0
@@ -91,7 +97,7 @@ class Launched:
         self.sent_kill = False  # the parent sent SIGKILL (not a limit)
         self.started: asyncio.Future[None] = loop.create_future()
         self.done: asyncio.Future[None] = loop.create_future()
-        self.exit = ExitWatch(loop, self._on_exit)
+        self.exit = exit_watch(loop, self._on_exit)
         self.channel = Channel(loop, sock, self._on_frame, self._on_eof)
 
     def attach(self, pid: int, pidfd: int) -> None:
@@ -304,6 +310,18 @@ async def launch(
     child.attach(pid, pidfd)
     os.close(csock)
     _child.release_signals(held)
+    await _release(child, pid, maps, parent_steps, started_on)
+    return child
+
+
+async def _release(
+    child: Launched,
+    pid: int,
+    maps: MapPlan | None,
+    parent_steps: Sequence[ParentStep],
+    started_on: StartedOn,
+) -> None:
+    """The parent's side after the clone: maps, steps, "go", the start."""
     try:
         if maps is not None:
             if maps.use_helpers:
@@ -322,4 +340,55 @@ async def launch(
     except BaseException:
         await child.kill_and_reap()
         raise
+
+
+def plan_fields(plan: _child.ChildPlan) -> tuple[Any, ...]:
+    """The plan as plain values: unpickling a ChildPlan in the spawner would
+    import the whole package there (see ``_spawner._BOOT``). The Sandbox
+    steps, if any, travel pickled (they need their modules anyway)."""
+    steps = pickle.dumps(plan.steps, pickle.HIGHEST_PROTOCOL) if plan.steps else None
+    return (plan.die_with_parent, plan.close_fds, plan.pid1_handlers, plan.new_session, steps)
+
+
+async def launch_remote(
+    spawner: Spawner,
+    flags: int,
+    plan: _child.ChildPlan,
+    request: tuple[Any, ...],
+    *,
+    maps: MapPlan | None = None,
+    parent_steps: Sequence[ParentStep] = (),
+    started_on: StartedOn = "R",
+    cgroup_fd: int = -1,
+) -> Launched:
+    """:func:`launch`, with the clone done by a spawner process.
+
+    ``request`` is ``(fnref, work, fmt, wait_running)`` (see
+    ``_spawner_main``). Everything after the clone is the same handshake:
+    the parent writes the maps (it is in the child's parent user namespace
+    with the owner's uid), runs its steps and sends "go" on the channel.
+    """
+    loop = asyncio.get_running_loop()
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    psock, csock = parent_sock.detach(), child_sock.detach()
+    try:
+        child = Launched(loop, psock, started_on, RelayedExit)
+    except BaseException:
+        os.close(psock)
+        os.close(csock)
+        raise
+    fds = (csock,) if cgroup_fd < 0 else (csock, cgroup_fd)
+    watch = child.exit
+    assert isinstance(watch, RelayedExit)
+    try:
+        pid = await spawner.clone(watch, ("clone", flags, plan_fields(plan), *request), fds)
+    except BaseException:
+        if watch.pidfd >= 0:  # cancelled after the child was made
+            await child.kill_and_reap()
+        child.channel.close()
+        raise
+    finally:
+        os.close(csock)
+    child.pid = pid
+    await _release(child, pid, maps, parent_steps, started_on)
     return child

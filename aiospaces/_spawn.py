@@ -7,24 +7,25 @@ back pickled over the child's channel.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import operator
 import os
 import pickle
 import signal
-import traceback
+import time
 import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 from . import _frames
+from ._body import RESULT_FORMATS, VIAS, ResultFormat, Via, _fn_body
 from ._child import ChildPlan
 from ._errors import ChildError, ChildExited, ChildKilled
 from ._handle import ProcessHandle
-from ._launch import Launched, launch
+from ._launch import Launched, StartedOn, launch, launch_remote
 from ._linux import constants as C
 from ._linux import validate_flags
+from ._spawner import Spawner, SpawnerUnsuitable, default_spawner
 from .idmap import MapPlan, MapSpec, plan_maps
 from .limits import SandboxGuard
 from .sandbox import Sandbox
@@ -47,99 +48,6 @@ class RemoteTraceback(Exception):
 
 
 # -- the child's body ---------------------------------------------------------
-
-
-def _exit_code(code: object) -> int:
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    return 1
-
-
-_send = _frames.send
-
-
-ResultFormat = Literal["pickle", "json", "bytes"]
-RESULT_FORMATS: tuple[str, ...] = ("pickle", "json", "bytes")
-
-
-def _encode_value(value: Any, fmt: str) -> bytes:
-    if fmt == "pickle":
-        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-    if fmt == "json":
-        return json.dumps(value).encode()
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    raise TypeError(f"result_format='bytes' needs bytes, not {type(value).__qualname__}")
-
-
-def _fn_body(
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any],
-    send_running: bool,
-    fmt: str = "pickle",
-) -> Callable[[int], int]:
-    def body(sock: int) -> int:
-        if send_running:
-            _frames.write_all(sock, _frames.RUNNING)
-        try:
-            value = fn(*args, **kwargs)
-            # Not inspect.isawaitable: its ABC check writes caches, and in a
-            # fresh child every page written is a copy-on-write fault.
-            if type(value) is _CoroutineType or hasattr(type(value), "__await__"):
-                value = asyncio.run(_await(value))
-        except SystemExit as exc:
-            return _exit_code(exc.code)
-        except BaseException as exc:
-            tb = "".join(traceback.format_exception(exc))
-            if fmt != "pickle":  # text only: nothing of the child's is unpickled
-                _send(
-                    sock,
-                    b"T",
-                    _frames.text_record("exception", type(exc).__qualname__, str(exc), tb),
-                )
-                return 1
-            try:
-                payload = pickle.dumps((exc, tb), pickle.HIGHEST_PROTOCOL)
-            except Exception as perr:
-                _send(
-                    sock,
-                    b"T",
-                    _frames.text_record(
-                        "exception",
-                        type(exc).__qualname__,
-                        f"{exc} (and it could not be pickled: {perr})",
-                        tb,
-                    ),
-                )
-            else:
-                _send(sock, b"X", payload)
-            return 1
-        try:
-            payload = _encode_value(value, fmt)
-        except Exception as perr:
-            _send(
-                sock,
-                b"T",
-                _frames.text_record(
-                    "value",
-                    type(value).__qualname__,
-                    f"fn returned a {type(value).__qualname__} that could not be "
-                    f"{'pickled' if fmt == 'pickle' else 'encoded as ' + fmt}: {perr}",
-                    "".join(traceback.format_exception(perr)),
-                ),
-            )
-            return 1
-        _send(sock, b"V", payload)
-        return 0
-
-    return body
-
-
-async def _await(aw: Awaitable[Any]) -> Any:
-    return await aw
 
 
 # -- the parent's handle -------------------------------------------------------
@@ -326,6 +234,8 @@ async def spawn(
     sandbox: Sandbox | None = None,
     result_format: ResultFormat = "pickle",
     new_session: bool = True,
+    via: Via = "auto",
+    spawner: Spawner | None = None,
 ) -> Child[T]:
     """Run ``fn(*args, **kwargs)`` in a child created with ``flags``.
 
@@ -347,6 +257,21 @@ async def spawn(
     ``result_format`` says how the value travels back: ``"pickle"`` (any
     picklable value; the parent unpickles it, so only for trusted code),
     ``"json"`` or ``"bytes"`` (for untrusted code: nothing is unpickled).
+
+    ``via`` says who clones the child. ``"fork"``: this process (the child
+    is a copy of it, so closures, lambdas and any argument work, but the
+    cost grows with this process' size and the event loop is blocked while
+    the kernel copies its page tables). ``"spawner"``: a small spawner
+    process started once per event loop (:class:`~aiospaces.Spawner`):
+    the cost no longer depends on this process' size and the loop never
+    forks, but ``fn`` and its arguments are pickled (``fn`` must be
+    importable: a module-level function, not a closure, a lambda or from
+    ``__main__``) and the child starts from a fresh import of fn's module,
+    with this process' current environment and working directory.
+    ``"auto"`` (default): the spawner once this process is large (resident
+    size of 128 MiB or more, where a fork costs more than the spawner's
+    round trip) and ``fn`` and its arguments can go there; else fork.
+    ``spawner=`` picks an explicit Spawner.
 
     Cancellation: cancelling ``spawn()`` at any point kills the child
     through its pidfd, waits until it is reaped, closes its fds, and
@@ -372,10 +297,18 @@ async def spawn(
     check_bool(new_session, "new_session")
     if result_format not in RESULT_FORMATS:
         raise ValueError(f"result_format must be one of {RESULT_FORMATS}, not {result_format!r}")
+    if via not in VIAS:
+        raise ValueError(f"via must be one of {VIAS}, not {via!r}")
+    if spawner is not None:
+        if not isinstance(spawner, Spawner):
+            raise TypeError(f"spawner must be a Spawner, not {type(spawner).__name__}")
+        if via == "fork":
+            raise ValueError("spawner= and via='fork' contradict each other")
+        via = "spawner"
     if sandbox is not None:
         return await _spawn_sandboxed(
             sandbox, fn, flags, args, kwargs, (uid_map, gid_map, map_zero), fds,
-            close_fds, die_with_parent, result_format, new_session,
+            close_fds, die_with_parent, result_format, new_session, via, spawner,
         )  # fmt: skip
     plan = ChildPlan(
         die_with_parent=die_with_parent,
@@ -390,9 +323,90 @@ async def spawn(
     # parent need not wait for its "running" frame: one wake-up less while
     # the fresh child still shares the parent's pages.
     wait_running = bool(plan.steps)
-    body = _fn_body(fn, args, dict(kwargs), wait_running, result_format)
-    core = await launch(flags, plan, body, maps=maps, started_on="R" if wait_running else "go")
+    started_on: StartedOn = "R" if wait_running else "go"
+    request = _via_spawner(via, fn, args, kwargs, plan, result_format, wait_running)
+    if request is not None:
+        sp = spawner or default_spawner()
+        core = await launch_remote(sp, flags, plan, request, maps=maps, started_on=started_on)
+    else:
+        body = _fn_body(fn, args, dict(kwargs), wait_running, result_format)
+        core = await launch(flags, plan, body, maps=maps, started_on=started_on)
     return Child(core, flags, result_format)
+
+
+AUTO_SPAWNER_RSS = 128 << 20
+"""``via="auto"`` uses the spawner from this resident size on. Below it a
+fork of this process costs about what the spawner's own fork does (the
+spawner holds fn's modules too), so fork semantics are kept; above it the
+copy of the page tables dominates and grows with the size (a 1 GiB parent
+forks about 10x slower than a 50 MiB one, with the loop blocked)."""
+
+_rss_cache = [0.0, 0]  # [monotonic time read, bytes]
+
+
+def parent_is_large() -> bool:
+    """Is this process' resident size at least :data:`AUTO_SPAWNER_RSS`?"""
+    now = time.monotonic()
+    if now - _rss_cache[0] > 1.0:  # /proc read at most once a second
+        try:
+            with open("/proc/self/statm", "rb") as f:
+                _rss_cache[1] = int(f.read().split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            _rss_cache[1] = 0
+        _rss_cache[0] = now
+    return _rss_cache[1] >= AUTO_SPAWNER_RSS
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _via_spawner(
+    via: str,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    plan: ChildPlan,
+    fmt: str,
+    wait_running: bool,
+) -> tuple[Any, ...] | None:
+    """The spawner request for this spawn, or None to fork.
+
+    ``via="spawner"`` raises :class:`SpawnerUnsuitable` saying what cannot
+    travel; ``"auto"`` falls back to fork instead.
+    """
+    if via == "fork" or (via == "auto" and not parent_is_large()):
+        return None
+    why = ""
+    fnref = work = b""
+    if plan.pass_fds:
+        why = "pass_fds: fds cannot be handed to a child of the spawner; use via='fork'"
+    elif getattr(fn, "__module__", None) == "__main__":
+        why = (
+            f"fn: {getattr(fn, '__qualname__', fn)!r} is defined in __main__, which the "
+            "spawner cannot import; move it to a module or use via='fork'"
+        )
+    else:
+        try:
+            fnref = pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            why = (
+                f"fn: {getattr(fn, '__qualname__', fn)!r} cannot be pickled by reference "
+                f"({exc}); closures and lambdas need via='fork'"
+            )
+        else:
+            try:
+                work = pickle.dumps((fn, args, dict(kwargs)), pickle.HIGHEST_PROTOCOL)
+                pickle.dumps(plan, pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                why = (
+                    f"args/kwargs/sandbox: cannot be pickled for the spawner ({exc}); "
+                    "use via='fork'"
+                )
+    if why:
+        if via == "spawner":
+            raise SpawnerUnsuitable(why)
+        return None
+    return (fnref, work, fmt, wait_running)
 
 
 # -- spawn(sandbox=...) (the Sandbox compile contract: aiospaces/sandbox.py) -----------
@@ -410,6 +424,8 @@ async def _spawn_sandboxed(
     die_with_parent: bool,
     result_format: str,
     new_session: bool,
+    via: str = "auto",
+    spawner: Spawner | None = None,
 ) -> Child[Any]:
     if not isinstance(sandbox, Sandbox):
         raise TypeError(f"sandbox must be a Sandbox, not {type(sandbox).__name__}")
@@ -428,15 +444,29 @@ async def _spawn_sandboxed(
             new_session=new_session,
         )
         wait_running = bool(plan.steps)
-        body = _fn_body(fn, args, dict(kwargs), wait_running, result_format)
-        core = await launch(
-            flags,
-            plan,
-            body,
-            maps=compiled.maps,
-            parent_steps=compiled.parent_steps,
-            started_on="R" if wait_running else "go",
-            cgroup_fd=compiled.cgroup_fd,
-        )
+        started_on: StartedOn = "R" if wait_running else "go"
+        request = _via_spawner(via, fn, args, kwargs, plan, result_format, wait_running)
+        if request is not None:
+            core = await launch_remote(
+                spawner or default_spawner(),
+                flags,
+                plan,
+                request,
+                maps=compiled.maps,
+                parent_steps=compiled.parent_steps,
+                started_on=started_on,
+                cgroup_fd=compiled.cgroup_fd,
+            )
+        else:
+            body = _fn_body(fn, args, dict(kwargs), wait_running, result_format)
+            core = await launch(
+                flags,
+                plan,
+                body,
+                maps=compiled.maps,
+                parent_steps=compiled.parent_steps,
+                started_on=started_on,
+                cgroup_fd=compiled.cgroup_fd,
+            )
         guard = compiled.supervise(core)
     return Child(core, flags, result_format, guard)

@@ -88,6 +88,8 @@ _SPAWN_OPTIONS = frozenset(
         "close_fds",
         "die_with_parent",
         "result_format",
+        "via",
+        "spawner",
     }
 )
 # How long a recycled or idle worker may take to exit on EOF before SIGKILL.
@@ -95,15 +97,6 @@ _RETIRE_GRACE = 1.0
 
 
 # -- the child side ---------------------------------------------------------------------
-
-
-def _in_new_session(fn: Callable[..., Any]) -> Callable[..., Any]:
-    def task(*args: Any, **kwargs: Any) -> Any:
-        with contextlib.suppress(OSError):
-            os.setsid()
-        return fn(*args, **kwargs)
-
-    return task
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -484,7 +477,8 @@ class SandboxPool:
 
     async def _run_fresh(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         child: Child[Any] = await spawn(
-            _in_new_session(fn), self._flags, args=args, pass_fds=self._pass_fds, **self._options
+            # spawn() puts the child in a new session (new_session=True).
+            fn, self._flags, args=args, pass_fds=self._pass_fds, **self._options
         )
         self._live.add(child)
         try:

@@ -35,20 +35,22 @@ def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-async def measure(n: int) -> dict[str, Any]:
+async def measure(n: int, via: str = "fork") -> dict[str, Any]:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     fds0 = len(os.listdir("/proc/self/fd"))
     rss0 = _rss_kib()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     max_threads = _threads()
+    if via == "spawner":  # started once, before the measured spawns
+        await aiospaces._spawner.default_spawner().start()
     t0 = time.perf_counter()
     children = []
     with LagMeter() as lag:
         for i in range(n):
             children.append(
                 await aiospaces.spawn(
-                    time.sleep, CLONE_NEWUSER | CLONE_NEWPID, args=(HOLD,), map_zero=True
+                    time.sleep, CLONE_NEWUSER | CLONE_NEWPID, args=(HOLD,), map_zero=True, via=via
                 )
             )
             if i % 100 == 0:
@@ -64,6 +66,7 @@ async def measure(n: int) -> dict[str, Any]:
         c.kill()
     codes = await asyncio.gather(*(c.wait() for c in children))
     stopped = time.perf_counter() - t1
+    await aiospaces.stop_spawner()
     return {
         "n": n,
         "alive_at_peak": alive,
@@ -84,36 +87,40 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    ap.add_argument("--via", choices=["fork", "spawner"], default="fork")
     a = ap.parse_args()
     if a.loop == "uvloop":
         import uvloop
 
-        result = uvloop.run(measure(a.n))
+        result = uvloop.run(measure(a.n, a.via))
     else:
-        result = asyncio.run(measure(a.n))
+        result = asyncio.run(measure(a.n, a.via))
     result["loop"] = a.loop
+    result["via"] = a.via
     print(json.dumps(result))
 
 
-def run(sizes: list[int], loops: list[str]) -> list[Row]:
+def run(
+    sizes: list[int], loops: list[str], vias: tuple[str, ...] = ("fork", "spawner")
+) -> list[Row]:
     rows = []
-    for n in sizes:
-        for loop in loops:
-            data, why = run_fresh("concurrency", "--n", str(n), "--loop", loop)
-            if data is None:
-                rows.append(Row("concurrency", f"{n} children", loop, missing=why))
-                continue
-            rows.append(
-                Row(
-                    "concurrency",
-                    f"{n} children",
-                    loop,
-                    n,
-                    data["start_all_s"] * 1e3 / n,
-                    data["lag_p99_ms"],
-                    extra=data,
-                )
+    for n, loop, via in ((n, lp, v) for n in sizes for lp in loops for v in vias):
+        name = f"{loop} via={via}"
+        data, why = run_fresh("concurrency", "--n", str(n), "--loop", loop, "--via", via)
+        if data is None:
+            rows.append(Row("concurrency", f"{n} children", name, missing=why))
+            continue
+        rows.append(
+            Row(
+                "concurrency",
+                f"{n} children",
+                name,
+                n,
+                data["start_all_s"] * 1e3 / n,
+                data["lag_p99_ms"],
+                extra=data,
             )
+        )
     return rows
 
 

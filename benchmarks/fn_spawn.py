@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable
 
 import aiospaces
 from aiospaces import (
@@ -16,6 +17,7 @@ from aiospaces import (
     CLONE_NEWUTS,
 )
 
+from . import _targets
 from ._harness import Candidate, Row, interleave
 
 NS_SETS = {
@@ -87,20 +89,35 @@ def _multiprocessing(flags: int) -> Candidate:
 
 def _spawn(flags: int) -> Candidate:
     async def op() -> None:
-        child = await aiospaces.spawn(_noop, flags, map_zero=bool(flags & CLONE_NEWUSER))
+        child = await aiospaces.spawn(
+            _noop, flags, map_zero=bool(flags & CLONE_NEWUSER), via="fork"
+        )
         await child.result()
 
-    return Candidate("aiospaces.spawn", op)
+    return Candidate("aiospaces.spawn via=fork", op)
+
+
+def _spawn_via(flags: int, sp: aiospaces.Spawner, fn: Callable[[], None], label: str) -> Candidate:
+    async def op() -> None:
+        child = await aiospaces.spawn(fn, flags, map_zero=bool(flags & CLONE_NEWUSER), spawner=sp)
+        await child.result()
+
+    return Candidate(f"aiospaces.spawn via=spawner, {label}", op)
 
 
 async def run(rounds: int) -> list[Row]:
     rows: list[Row] = []
-    for case, flags in NS_SETS.items():
-        candidates = [
-            Candidate("os.fork + waitpid (floor)", fork_floor, floor=True),
-            _spawn(flags),
-            _pyspaces(flags),
-            _multiprocessing(flags),
-        ]
-        rows += await interleave("fn spawn-to-exit", case, candidates, rounds)
+    # Two spawners: one only ever imports a lean module, the other imports
+    # this one (asyncio, the whole package): the spawner's size is the cost.
+    async with aiospaces.Spawner() as lean, aiospaces.Spawner() as heavy:
+        for case, flags in NS_SETS.items():
+            candidates = [
+                Candidate("os.fork + waitpid (floor)", fork_floor, floor=True),
+                _spawn(flags),
+                _spawn_via(flags, lean, _targets.noop, "lean fn module"),
+                _spawn_via(flags, heavy, _noop, "fn module imports asyncio"),
+                _pyspaces(flags),
+                _multiprocessing(flags),
+            ]
+            rows += await interleave("fn spawn-to-exit", case, candidates, rounds)
     return rows

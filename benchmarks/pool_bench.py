@@ -45,9 +45,11 @@ def identity(x: int) -> int:
 Runner = Callable[[int], Awaitable[None]]
 
 
-def pool_runner(pool: SandboxPool) -> Runner:
+def pool_runner(pool: SandboxPool, fn: Callable[[int], int] | None = None) -> Runner:
+    task = fn or identity
+
     async def run(n: int) -> None:
-        out = [x async for x in pool.map(identity, range(n))]
+        out = [x async for x in pool.map(task, range(n))]
         assert out[-1] == n - 1
 
     return run

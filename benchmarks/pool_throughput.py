@@ -13,9 +13,11 @@ import multiprocessing
 import statistics
 import time
 
+import aiospaces
 from aiospaces import CLONE_NEWPID, CLONE_NEWUSER
 from aiospaces.pool import SandboxPool
 
+from . import _targets
 from ._harness import Row
 from .pool_bench import Runner, executor_runner, pool_runner
 
@@ -27,13 +29,21 @@ async def _measure(tasks: int, rounds: int, size: int = 8) -> dict[str, list[flo
         size, mp_context=multiprocessing.get_context("fork")
     )
     pools = {
-        "SandboxPool fresh (flags=0)": SandboxPool(size),
+        "SandboxPool fresh (flags=0)": SandboxPool(size, via="fork"),
         "SandboxPool fresh (user+pid)": SandboxPool(
-            size, flags=CLONE_NEWUSER | CLONE_NEWPID, map_zero=True
+            size, flags=CLONE_NEWUSER | CLONE_NEWPID, map_zero=True, via="fork"
+        ),
+        "SandboxPool fresh via=spawner (flags=0)": SandboxPool(size, via="spawner"),
+        "SandboxPool fresh via=spawner (user+pid)": SandboxPool(
+            size, flags=CLONE_NEWUSER | CLONE_NEWPID, map_zero=True, via="spawner"
         ),
         "SandboxPool warm (flags=0)": SandboxPool(size, fresh=False),
     }
-    runners: dict[str, Runner] = {name: pool_runner(p) for name, p in pools.items()}
+    runners: dict[str, Runner] = {
+        # The spawner imports the task's module: a lean one (see _targets).
+        name: pool_runner(p, _targets.identity if "spawner" in name else None)
+        for name, p in pools.items()
+    }
     runners[PPE] = executor_runner(ppe)
     rates: dict[str, list[float]] = {name: [] for name in runners}
     try:
@@ -47,6 +57,7 @@ async def _measure(tasks: int, rounds: int, size: int = 8) -> dict[str, list[flo
     finally:
         for p in pools.values():
             await p.aclose()
+        await aiospaces.stop_spawner()
         ppe.shutdown()
     return rates
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+import aiospaces._spawner
+
 try:
     import uvloop
 except ImportError:  # pragma: no cover - the test extra installs it
@@ -127,6 +129,8 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     fds_before = open_fds()
     kids_before = child_pids()
     yield
+    # A test's default spawner lives as long as its loop: stop it first.
+    aiospaces._spawner.close_all_now()
     deadline = time.monotonic() + 2.0
     while True:
         gc.collect()

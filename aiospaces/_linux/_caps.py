@@ -96,6 +96,10 @@ class CapSet:
         lo, hi = mask & 0xFFFFFFFF, mask >> 32
         self._data = (_Data * 2)(_Data(lo, lo, lo), _Data(hi, hi, hi))
 
+    def __reduce__(self) -> tuple[type[CapSet], tuple[int]]:
+        # Rebuilt from the mask (a spawner process receives Sandbox steps).
+        return (CapSet, (self.mask,))
+
     def apply(self) -> None:
         """``capset(2)`` on the calling thread."""
         _check(_capset, ctypes.addressof(self._header), ctypes.addressof(self._data))
