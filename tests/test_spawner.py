@@ -24,8 +24,8 @@ from aiospaces import (
     ChildLost,
     Sandbox,
     Spawner,
-    SpawnerUnsuitable,
     SpawnError,
+    SpawnerUnsuitable,
     spawn,
 )
 from aiospaces import _spawn as spawn_mod
@@ -72,8 +72,8 @@ def my_namespaces() -> dict[str, int]:
     return ns_ids()
 
 
-def rss_kib() -> int:
-    with open("/proc/self/status") as f:
+def rss_kib(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as f:
         return next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
 
 
@@ -192,7 +192,10 @@ async def test_auto_uses_the_spawner_once_the_parent_is_large(
         child = await spawn(ident)
         assert (await child.result())[1] != os.getpid()
         # A closure cannot travel: auto still works, by forking.
-        child = await spawn(lambda: os.getppid())
+        def local() -> int:
+            return os.getppid()
+
+        child = await spawn(local)
         assert await child.result() == os.getpid()
     finally:
         await aiospaces.stop_spawner()
@@ -258,8 +261,7 @@ async def test_spawner_stays_small() -> None:
     # (fn's own module is imported there: os.getpid's is built in.)
     async with Spawner() as sp:
         await (await spawn(os.getpid, spawner=sp)).result()
-        with open(f"/proc/{sp.pid}/status") as f:
-            spawner_kib = next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
+        spawner_kib = rss_kib(sp.pid)
         assert "asyncio" not in _modules_of(sp.pid)
     assert spawner_kib < rss_kib()
 
