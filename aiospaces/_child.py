@@ -204,17 +204,21 @@ def child_main(
     plan: ChildPlan,
     sigplan: SignalPlan,
     body: Callable[[int], int],
+    *,
+    pdeathsig_set: bool = False,
 ) -> NoReturn:
     """Entry point right after clone returned 0 in the child. Never returns.
 
     ``body(sock)`` runs the user's work and returns the exit status; it is
     responsible for its own frames. Every path ends in ``os._exit``.
+    ``pdeathsig_set``: the clone's caller already set PDEATHSIG (the
+    spawner does it in C, right after the clone).
     """
     code = EXIT_SETUP_FAILED
     try:
         step = "pdeathsig"
         try:
-            if plan.die_with_parent:
+            if plan.die_with_parent and not pdeathsig_set:
                 set_pdeathsig(_SIGKILL)
             if parent_end >= 0:
                 os.close(parent_end)

@@ -354,7 +354,7 @@ async def launch_remote(
     spawner: Spawner,
     flags: int,
     plan: _child.ChildPlan,
-    request: tuple[Any, ...],
+    request: tuple[bytes, bytes, str, bool],
     *,
     maps: MapPlan | None = None,
     parent_steps: Sequence[ParentStep] = (),
@@ -381,7 +381,7 @@ async def launch_remote(
     watch = child.exit
     assert isinstance(watch, RelayedExit)
     try:
-        pid = await spawner.clone(watch, ("clone", flags, plan_fields(plan), *request), fds)
+        pid = await spawner.clone(watch, flags, plan_fields(plan), request, fds)
     except BaseException:
         if watch.pidfd >= 0:  # cancelled after the child was made
             await child.kill_and_reap()

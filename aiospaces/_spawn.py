@@ -368,7 +368,7 @@ def _via_spawner(
     plan: ChildPlan,
     fmt: str,
     wait_running: bool,
-) -> tuple[Any, ...] | None:
+) -> tuple[bytes, bytes, str, bool] | None:
     """The spawner request for this spawn, or None to fork.
 
     ``via="spawner"`` raises :class:`SpawnerUnsuitable` saying what cannot

@@ -30,8 +30,9 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
-from ._errors import NamespaceUnavailable, SpawnError
-from ._spawner_main import MAX_MSG, _recv
+from ._errors import SpawnError
+from ._linux.clone import _clone_error
+from ._spawner_main import _CLONE_HEAD, _EXIT, _I32, MAX_MSG, recv_msg
 from ._watcher import ExitWatch
 
 __all__ = ["Spawner", "SpawnerUnsuitable"]
@@ -113,16 +114,6 @@ class RelayedExit(ExitWatch):
         self._finish(rc)
 
 
-def _error_from(rec: dict[str, Any]) -> SpawnError:
-    cls = NamespaceUnavailable if rec.get("type") == "NamespaceUnavailable" else SpawnError
-    return cls(
-        int(rec.get("errno") or 0),
-        str(rec.get("strerror") or "failed"),
-        step=str(rec.get("step") or "spawner"),
-        hint=rec.get("hint") if isinstance(rec.get("hint"), str) else None,
-    )
-
-
 class Spawner:
     """A small process that forks fn-mode children for this event loop.
 
@@ -143,7 +134,9 @@ class Spawner:
         self._sock: socket.socket | None = None
         self.pid = 0
         self._pidfd = -1
-        self._pending: deque[tuple[asyncio.Future[int], RelayedExit | None]] = deque()
+        # Replies come in request order: (future, the child's watch, flags).
+        self._pending: deque[tuple[asyncio.Future[int], RelayedExit | None, int]] = deque()
+        self._imported: set[bytes] = set()  # fn references this spawner has imported
         self._children: dict[int, RelayedExit] = {}
         self._env: dict[str, str] = {}
         self._starting: asyncio.Future[None] | None = None
@@ -202,8 +195,8 @@ class Spawner:
         self._sock = ours
         ours.setblocking(False)
         self._env = dict(os.environ)
-        _send(ours, ("init", list(sys.path), self._env, _cwd()))
-        self._pending.append((loop.create_future(), None))  # the "ready" reply
+        _send(ours, b"N" + pickle.dumps((list(sys.path), self._env, _cwd())))
+        self._pending.append((loop.create_future(), None, 0))  # the "ready" reply
         loop.add_reader(ours.fileno(), self._on_readable)
         loop.add_reader(self._pidfd, self._on_spawner_exit)
 
@@ -292,7 +285,7 @@ class Spawner:
 
     def _fail_pending(self, why: str) -> None:
         while self._pending:
-            fut, _ = self._pending.popleft()
+            fut, _, _ = self._pending.popleft()
             if not fut.done():
                 fut.set_exception(SpawnError(errno.EPIPE, why, step="spawner"))
                 fut.exception()
@@ -320,35 +313,43 @@ class Spawner:
     async def clone(
         self,
         watch: RelayedExit,
-        msg: tuple[Any, ...],
+        flags: int,
+        fields: tuple[Any, ...],
+        request: tuple[bytes, bytes, str, bool],
         fds: tuple[int, ...],
     ) -> int:
         """Send a clone request; return the child's pid (``watch`` is armed).
 
-        Not cancellable half-way: a cancelled caller still gets the reply
-        (so the child, if one was made, is armed and can be killed), then
-        ``CancelledError``.
+        ``request`` is ``(fnref, work, fmt, wait_running)``. Not cancellable
+        half-way: a cancelled caller still gets the reply (so the child, if
+        one was made, is armed and killed), then ``CancelledError``.
         """
         if self._starting is None or not self._starting.done():
             await self.start()
         sock = self._sock
         loop = self._loop
         if sock is None or loop is None or self._closed:
-            raise SpawnError(
-                errno.EPIPE, self.lost_reason or "the spawner is closed", step="spawner"
-            )
+            why = self.lost_reason or "the spawner is closed"
+            raise SpawnError(errno.EPIPE, why, step="spawner")
+        fnref, work, fmt, wait_running = request
         env = dict(os.environ)
-        data = pickle.dumps(
-            (*msg, None if env == self._env else env, _cwd()), pickle.HIGHEST_PROTOCOL
+        payload = pickle.dumps(
+            (fields, work, fmt, wait_running, None if env == self._env else env, _cwd()),
+            pickle.HIGHEST_PROTOCOL,
         )
+        pdeathsig = signal.SIGKILL if fields[0] else 0  # die_with_parent
+        data = b"C" + _CLONE_HEAD.pack(flags, len(fds) > 1, pdeathsig) + payload
         if len(data) > MAX_MSG:
             raise SpawnerUnsuitable(
                 f"args: the pickled request is {len(data)} bytes, over the spawner's "
                 f"{MAX_MSG} (pass large data another way, or use via='fork')"
             )
+        if fnref not in self._imported:
+            self._imported.add(fnref)
+            await _sendmsg(loop, sock, b"I" + fnref, ())
         await _sendmsg(loop, sock, data, fds)
         fut: asyncio.Future[int] = loop.create_future()
-        self._pending.append((fut, watch))
+        self._pending.append((fut, watch, flags))
         cancelled = False
         while not fut.done():
             try:
@@ -368,27 +369,29 @@ class Spawner:
         sock = self._sock
         while sock is not None:
             try:
-                got = _recv(sock)
+                data, fds = recv_msg(sock, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
             except OSError as exc:
                 self.lost_reason = f"the spawner's socket failed: {exc}"
-                got = None
-            if got is None:
+                data, fds = b"", []
+            if not data:
+                for fd in fds:
+                    os.close(fd)
                 self.lost_reason = self.lost_reason or f"the spawner process {self.pid} died"
                 self._closed = True
                 self._shutdown()
                 return
-            msg, fds = got
-            self._dispatch(msg, fds)
+            self._dispatch(data, fds)
             sock = self._sock
 
-    def _dispatch(self, msg: tuple[Any, ...], fds: list[int]) -> None:
-        kind = msg[0]
-        if kind == "exit":
-            watch = self._children.pop(msg[1], None)
+    def _dispatch(self, data: bytes, fds: list[int]) -> None:
+        kind = data[:1]
+        if kind == b"X":
+            pid, rc = _EXIT.unpack_from(data, 1)
+            watch = self._children.pop(pid, None)
             if watch is not None:
-                watch.deliver(msg[2])
+                watch.deliver(rc)
             if not self._children and self._emptied is not None:
                 _set_once(self._emptied)
             return
@@ -396,21 +399,27 @@ class Spawner:
             for fd in fds:
                 os.close(fd)
             return
-        fut, watch = self._pending.popleft()
-        if kind == "ready":
+        fut, watch, flags = self._pending.popleft()
+        if kind == b"R":
             if self._starting is not None and not self._starting.done():
                 self._starting.set_result(None)
             fut.cancel()
-        elif kind == "cloned" and watch is not None and fds:
-            pid = msg[1]
+        elif kind == b"K" and watch is not None and fds:
+            (pid,) = _I32.unpack_from(data, 1)
             watch.arm(pid, fds[0])
+            for extra in fds[1:]:
+                os.close(extra)
             self._children[pid] = watch
             fut.set_result(pid)
         else:
             for fd in fds:
                 os.close(fd)
-            rec = msg[1] if kind == "failed" else {"strerror": f"unexpected reply {kind!r}"}
-            fut.set_exception(_error_from(rec))
+            if kind == b"F":
+                (err,) = _I32.unpack_from(data, 1)
+                exc: SpawnError = _clone_error(OSError(err, os.strerror(err)), flags, "clone3")
+            else:
+                exc = SpawnError(errno.EPROTO, f"unexpected reply {kind!r}", step="spawner")
+            fut.set_exception(exc)
 
 
 _ALL: weakref.WeakSet[Spawner] = weakref.WeakSet()
@@ -463,10 +472,10 @@ def _cwd() -> str | None:
         return None
 
 
-def _send(sock: socket.socket, msg: tuple[Any, ...]) -> None:
+def _send(sock: socket.socket, data: bytes) -> None:
     sock.setblocking(True)
     try:
-        sock.send(pickle.dumps(msg, pickle.HIGHEST_PROTOCOL))
+        sock.send(data)
     finally:
         sock.setblocking(False)
 

@@ -1,137 +1,195 @@
 """The spawner process: clones fn-mode children on behalf of a supervisor.
 
-Started by :class:`aiospaces.Spawner` as ``python -m aiospaces._spawner_main
-FD`` (a fresh, small interpreter: posix_spawn, so the supervisor's own size
-never matters). It never runs user code itself; it only imports the module
-of each ``fn`` (so later children find it loaded) and forks.
+Started by :class:`aiospaces.Spawner` (a fresh, small interpreter through
+``posix_spawn``, so the supervisor's own size never matters, and without the
+package's ``__init__``: see ``_spawner._BOOT``). It never runs user code
+itself; it imports the module of each ``fn`` (so later children find it
+loaded) and forks.
 
-Protocol on the ``SOCK_SEQPACKET`` socket ``FD``, one pickled tuple per
-message (both ends are this library, same user: pickles are fine here, and
-nothing from a sandbox ever reaches this socket — children close it first):
+Protocol on a ``SOCK_SEQPACKET`` socket, one message per datagram (both
+ends are this library and the same user; nothing from a sandbox ever
+reaches this socket: children close it first)::
 
     supervisor → spawner
-      ("init", sys_path, environ, cwd)
-      ("clone", flags, plan_fields, fnref, work, fmt, wait_running, env, cwd)
-                                   + fds [channel end, (cgroup dir)]
+      'N' pickle((sys_path, environ, cwd))      once, first
+      'I' pickle(fn)                            import fn's module here
+      'C' u64 flags, u8 has_cgroup, u8 pdeathsig, payload
+                                                + fds [channel end, (cgroup dir)]
+          payload = pickle((plan_fields, work, fmt, wait_running, env, cwd)),
+          unpickled by the child only
     spawner → supervisor
-      ("ready", pid)
-      ("cloned", pid)              + fds [pidfd]       (replies, in order)
-      ("failed", record)                               (a reply)
-      ("exit", pid, returncode)                        (when reaped)
+      'R' i32 pid                               ready
+      'K' i32 pid  + fd [pidfd]                 cloned      (replies to 'C',
+      'F' i32 errno                             failed       in order)
+      'X' i32 pid, i32 status                   reaped (exit code, or -signal)
 
 The exit statuses are relayed because the kernel refuses ``CLONE_PARENT``
 together with ``CLONE_NEWUSER``/``CLONE_NEWPID``: the sandboxes are our
-children, not the supervisor's. The supervisor still holds each pidfd, so
-signals go to the right process and never to a recycled pid.
+children, not the supervisor's. The supervisor holds each pidfd, so signals
+go to the right process and never to a recycled pid.
+
+The loop itself is C (``_fork.serve``) where the extension is built: a
+Python loop writes some 160 pages per request, each a copy-on-write fault
+while the last child still shares it. The Python loop below is the fallback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
 import select
 import signal
 import socket
+import struct
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _child
 from ._body import _fn_body
 from ._linux import clone_child, set_pdeathsig
 
+try:
+    from ._linux import _fork as _cfork
+except ImportError:  # built without a C compiler: the Python loop
+    _cfork = None  # type: ignore[assignment]
+
 MAX_MSG = 1 << 20  # a request: the pickled plan and work (the args travel here)
 MAX_FDS = 4
+_CLONE_HEAD = struct.Struct("=QBB")
+_I32 = struct.Struct("=i")
+_EXIT = struct.Struct("=ii")
+# Blocked in the spawner for good: SIGCHLD is read from a signalfd (C loop),
+# and a child of the spawner starts with these blocked until its handlers
+# are set (a PID-1 child would otherwise drop an early SIGTERM).
+_BLOCKED = {signal.SIGCHLD, *_child.PID1_EXIT_SIGNALS}
 
 
-def _recv(sock: socket.socket) -> tuple[Any, list[int]] | None:
-    """One message and its fds; None at EOF; raises BlockingIOError."""
+def recv_msg(sock: socket.socket, flags: int = 0) -> tuple[bytes, list[int]]:
+    """One datagram and its fds (b"" at EOF)."""
     fds: list[int] = []
-    data, anc, _flags, _addr = sock.recvmsg(MAX_MSG, socket.CMSG_SPACE(MAX_FDS * 4))
+    data, anc, _mflags, _addr = sock.recvmsg(
+        MAX_MSG, socket.CMSG_SPACE(MAX_FDS * 4), flags | socket.MSG_CMSG_CLOEXEC
+    )
     for level, kind, payload in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             n = len(payload) - len(payload) % 4
             fds.extend(int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, n, 4))
-    if not data:
-        for fd in fds:
-            os.close(fd)
-        return None
-    return pickle.loads(data), fds
+    return data, fds
 
 
-def _send(sock: socket.socket, msg: tuple[Any, ...], fds: tuple[int, ...] = ()) -> None:
-    data = pickle.dumps(msg, pickle.HIGHEST_PROTOCOL)
+def _send(sock: socket.socket, data: bytes, fds: tuple[int, ...] = ()) -> None:
     if fds:
         socket.send_fds(sock, [data], list(fds))
     else:
         sock.send(data)
 
 
-def _status(res: os.waitid_result) -> int:
-    return res.si_status if res.si_code == os.CLD_EXITED else -res.si_status
-
-
-def _error_record(exc: BaseException) -> dict[str, Any]:
-    return {
-        "type": type(exc).__name__,
-        "errno": getattr(exc, "errno", None) or 0,
-        "strerror": getattr(exc, "strerror", None) or str(exc),
-        "step": getattr(exc, "step", None) or "spawner",
-        "hint": getattr(exc, "hint", None),
-    }
-
-
 class Server:
     def __init__(self, fd: int) -> None:
         self.sock = socket.socket(fileno=fd)
+        self.children = 0
+        self.base_env: dict[str, str] = dict(os.environ)
+        # The spawner's signal state never changes: both plans, made once.
+        self.sigplans = {p: _child.signal_plan(p) for p in (False, True)}
+        self.wake_r = self.wake_w = -1
+        # Only the spawner keeps the write end: a child that finds EOF here
+        # right after setting PDEATHSIG knows the spawner died before that.
+        self.life_r, self.life_w = os.pipe()
+
+    def serve(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
+        self.sigplans = {p: _child.signal_plan(p) for p in (False, True)}
+        # AIOSPACES_SPAWNER_LOOP=python: the fallback loop (its tests use it).
+        if _cfork is not None and os.environ.get("AIOSPACES_SPAWNER_LOOP") != "python":
+            self._serve_c()
+        else:
+            self._serve_py()
+
+    # -- the C loop -----------------------------------------------------------
+    def _serve_c(self) -> None:
+        assert _cfork is not None
+        while True:
+            # Everything alive now is the spawner's for good: out of the
+            # collector's sight, so a collection in a child does not walk
+            # (and copy) the pages it shares with us.
+            gc.freeze()
+            got = _cfork.serve(self.sock.fileno(), MAX_MSG, self.life_r, self.life_w)
+            if got is None:
+                return
+            kind, payload, fds = got
+            if kind == b"C":
+                self._child(payload, fds)
+            self._other(kind, payload, fds)
+
+    # -- the Python loop (no C extension) -------------------------------------
+    def _serve_py(self) -> None:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
-        self.children = 0
-        self.base_env = dict(os.environ)
-
-    def private_fds(self) -> tuple[int, ...]:
-        return (self.sock.fileno(), self.wake_r, self.wake_w)
-
-    def serve(self) -> None:
-        # A handler (not SIG_DFL) so the wakeup fd sees SIGCHLD; the children
-        # reset it (signal_plan resets every Python-level handler).
-        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # so the wakeup fd hears it
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        self.sigplans = {p: _child.signal_plan(p) for p in (False, True)}
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
-        sock_fd = self.sock.fileno()
         while True:
             for fd, _ev in poller.poll():
                 if fd == self.wake_r:
                     with contextlib.suppress(BlockingIOError):
                         while os.read(self.wake_r, 512):
                             pass
-                elif fd == sock_fd and not self._drain_requests():
+                elif not self._drain_py():
+                    self._reap()
                     return
             self._reap()
 
-    def _drain_requests(self) -> bool:
-        """Serve every queued request; False at EOF (the supervisor is gone)."""
+    def _drain_py(self) -> bool:
         while True:
             try:
-                got = _recv_nowait(self.sock)
+                data, fds = recv_msg(self.sock, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return True
-            except (ConnectionResetError, OSError):
+            except OSError:
                 return False
-            if got is None:
-                return False
-            msg, fds = got
-            try:
-                if msg[0] == "clone":
-                    self._clone(msg, fds)
-            finally:
+            if not data:
                 for fd in fds:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-            self._reap()
+                    os.close(fd)
+                return False
+            kind, rest = data[:1], data[1:]
+            if kind == b"C" and len(rest) >= _CLONE_HEAD.size and fds:
+                self._clone_py(rest, fds)
+            else:
+                self._other(kind, rest, fds)
+
+    def _clone_py(self, rest: bytes, fds: list[int]) -> None:
+        flags, has_cgroup, pdeathsig = _CLONE_HEAD.unpack_from(rest)
+        cgroup_fd = fds[1] if has_cgroup and len(fds) > 1 else -1
+        try:
+            try:
+                pid, pidfd = clone_child(flags, cgroup_fd=cgroup_fd)
+            except OSError as exc:
+                _send(self.sock, b"F" + _I32.pack(exc.errno or 0))
+                return
+            if pid == 0:
+                os.close(self.life_w)
+                if pdeathsig:
+                    set_pdeathsig(pdeathsig)
+                    if select.select([self.life_r], [], [], 0)[0]:  # see Server()
+                        os._exit(_child.EXIT_PARENT_GONE)
+                os.close(self.life_r)
+                self.life_r = self.life_w = -1
+                self._child(rest[_CLONE_HEAD.size :], fds)
+            self.children += 1
+            try:
+                _send(self.sock, b"K" + _I32.pack(pid), (pidfd,))
+            finally:
+                os.close(pidfd)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _reap(self) -> None:
         while self.children:
@@ -143,72 +201,50 @@ class Server:
             if res is None:
                 return
             self.children -= 1
-            _send(self.sock, ("exit", res.si_pid, _status(res)))
+            rc = res.si_status if res.si_code == os.CLD_EXITED else -res.si_status
+            _send(self.sock, b"X" + _EXIT.pack(res.si_pid, rc))
 
-    def _clone(self, msg: tuple[Any, ...], fds: list[int]) -> None:
-        _, flags, fields, fnref, work, fmt, wait_running, env, cwd = msg
+    # -- both loops -----------------------------------------------------------
+    def _other(self, kind: bytes, payload: bytes, fds: list[int]) -> None:
+        for fd in fds:
+            os.close(fd)
+        if kind == b"I":
+            # Import fn's module here, once, so that every later child finds
+            # it loaded. A failure is the child's to report (as fn's error).
+            with contextlib.suppress(Exception):
+                pickle.loads(payload)
+
+    def _child(self, payload: bytes, fds: list[int]) -> NoReturn:
+        """In the fresh child: become the requested sandbox. Never returns."""
         csock = fds[0]
-        cgroup_fd = fds[1] if len(fds) > 1 else -1
         try:
+            for fd in (self.sock.fileno(), self.wake_r, self.wake_w, *fds[1:]):
+                if fd >= 0:
+                    os.close(fd)
+            fields, work, fmt, wait_running, env, cwd = pickle.loads(payload)
             die_with_parent, close_fds, pid1_handlers, new_session, steps = fields
             plan = _child.ChildPlan(
                 die_with_parent=die_with_parent,
                 close_fds=close_fds,
-                new_pidns=_child.new_pidns(flags),
+                new_pidns=pid1_handlers,
                 pid1_handlers=pid1_handlers,
                 new_session=new_session,
                 steps=pickle.loads(steps) if steps is not None else (),
             )
-            if fnref is not None:
-                # Import fn's module here, once: every later child finds it
-                # loaded (and an import error fails the spawn, not the child).
-                pickle.loads(fnref)
-            sigplan = _child.signal_plan(plan.pid1_handlers)
-            held = _child.hold_signals(sigplan)
-            try:
-                pid, pidfd = clone_child(flags, cgroup_fd=cgroup_fd)
-            finally:
-                if os.getpid() == self_pid:
-                    _child.release_signals(held)
-        except BaseException as exc:
-            if os.getpid() != self_pid:  # an exception in the fresh child
-                _child.escape_guard(csock)
-            _send(self.sock, ("failed", _error_record(exc)))
-            return
-        if pid == 0:
-            try:
-                for fd in (*self.private_fds(), *fds[1:]):
-                    os.close(fd)
-                _child_setup(env, cwd, self.base_env)
-                body = _remote_body(work, wait_running, fmt)
-            except BaseException:
-                _child.escape_guard(csock)
-            try:
-                _child.child_main(csock, -1, plan, sigplan, body)
-            finally:
-                os._exit(_child.EXIT_SETUP_FAILED)
-        self.children += 1
+            if env is not None and env != self.base_env:
+                os.environ.clear()
+                os.environ.update(env)
+            if cwd is not None:
+                os.chdir(cwd)
+            body = _remote_body(work, wait_running, fmt)
+        except BaseException:
+            _child.escape_guard(csock)
         try:
-            _send(self.sock, ("cloned", pid), (pidfd,))
+            _child.child_main(
+                csock, -1, plan, self.sigplans[pid1_handlers], body, pdeathsig_set=True
+            )
         finally:
-            os.close(pidfd)
-
-
-def _recv_nowait(sock: socket.socket) -> tuple[Any, list[int]] | None:
-    sock.setblocking(False)
-    try:
-        return _recv(sock)
-    finally:
-        sock.setblocking(True)
-
-
-def _child_setup(env: dict[str, str] | None, cwd: str | None, base: dict[str, str]) -> None:
-    """Give the child the supervisor's current environment and directory."""
-    if env is not None and env != base:
-        os.environ.clear()
-        os.environ.update(env)
-    if cwd is not None:
-        os.chdir(cwd)
+            os._exit(_child.EXIT_SETUP_FAILED)
 
 
 def _remote_body(work: bytes, wait_running: bool, fmt: str) -> Any:
@@ -227,11 +263,7 @@ def _remote_body(work: bytes, wait_running: bool, fmt: str) -> Any:
     return body
 
 
-self_pid = os.getpid()
-
-
 def main(argv: list[str]) -> int:
-    global self_pid
     fd = int(argv[1])
     parent = int(argv[2])
     set_pdeathsig(signal.SIGKILL)
@@ -240,22 +272,19 @@ def main(argv: list[str]) -> int:
     # Our own session: the terminal's Ctrl-C is the supervisor's to handle.
     with contextlib.suppress(OSError):
         os.setsid()
-    self_pid = os.getpid()
     server = Server(fd)
-    got = _recv(server.sock)
-    if got is None:
+    data, fds = recv_msg(server.sock)
+    for extra in fds:
+        os.close(extra)
+    if data[:1] != b"N":
         return 0
-    (_init, path, environ, cwd), _ = got
+    path, environ, cwd = pickle.loads(data[1:])
     sys.path[:] = path
     os.environ.clear()
     os.environ.update(environ)
     server.base_env = dict(environ)
     with contextlib.suppress(OSError):
         os.chdir(cwd)
-    _send(server.sock, ("ready", os.getpid()))
+    _send(server.sock, b"R" + _I32.pack(os.getpid()))
     server.serve()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))

@@ -478,7 +478,11 @@ class SandboxPool:
     async def _run_fresh(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         child: Child[Any] = await spawn(
             # spawn() puts the child in a new session (new_session=True).
-            fn, self._flags, args=args, pass_fds=self._pass_fds, **self._options
+            fn,
+            self._flags,
+            args=args,
+            pass_fds=self._pass_fds,
+            **self._options,
         )
         self._live.add(child)
         try:

@@ -97,7 +97,10 @@ def test_ci_user_namespaces_work() -> None:
         pytest.skip("AIOSPACES_EXPECT_USERNS=1 not set")
     r = subprocess.run(
         ["unshare", "--user", "--map-root-user", "true"],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert r.returncode == 0, f"unshare --user --map-root-user: {r.stderr.strip()}"
 
@@ -116,7 +119,10 @@ def test_ci_newuidmap_works() -> None:
     # the whole chain, for real: unshare asks newuidmap/newgidmap for the range
     r = subprocess.run(
         ["unshare", "--user", "--map-auto", "--map-root-user", "cat", "/proc/self/uid_map"],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert r.returncode == 0, f"unshare --map-auto: {r.stderr.strip()}"
     assert len(r.stdout.splitlines()) >= 2, f"only one uid_map line:\n{r.stdout}"

@@ -33,6 +33,14 @@ from aiospaces import _spawn as spawn_mod
 USER_PID = CLONE_NEWUSER | CLONE_NEWPID
 
 
+@pytest.fixture(params=["c", "python"])
+def spawner_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the spawner's C request loop and with its Python fallback."""
+    if request.param == "python":
+        monkeypatch.setenv("AIOSPACES_SPAWNER_LOOP", "python")
+    return str(request.param)
+
+
 # Module-level targets: the spawner imports this module to find them.
 def ident() -> tuple[int, int, int, str]:
     return os.getpid(), os.getppid(), os.getuid(), os.uname().nodename
@@ -77,7 +85,7 @@ def rss_kib(pid: int | str = "self") -> int:
         return next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
 
 
-async def test_value_args_and_parent() -> None:
+async def test_value_args_and_parent(spawner_loop: str) -> None:
     async with Spawner() as sp:
         child = await spawn(add, args=(40,), kwargs={"b": 2}, spawner=sp)
         assert await child.result() == 42
@@ -91,7 +99,7 @@ async def test_value_args_and_parent() -> None:
 
 
 @pytest.mark.userns
-async def test_namespaces_and_maps() -> None:
+async def test_namespaces_and_maps(spawner_loop: str) -> None:
     child = await spawn(ident, USER_PID | CLONE_NEWUTS, map_zero=True, via="spawner")
     assert (await child.result())[:3] == (1, 0, 0)
     child = await spawn(my_namespaces, USER_PID | CLONE_NEWNS, map_zero=True, via="spawner")
@@ -100,7 +108,7 @@ async def test_namespaces_and_maps() -> None:
     assert inside["net"] == here["net"]
 
 
-async def test_exceptions_exits_and_signals() -> None:
+async def test_exceptions_exits_and_signals(spawner_loop: str) -> None:
     with pytest.raises(KeyError, match="from the child"):
         await (await spawn(fail, via="spawner")).result()
     with pytest.raises(ChildExited) as exited:
@@ -113,7 +121,7 @@ async def test_exceptions_exits_and_signals() -> None:
 
 
 @pytest.mark.userns
-async def test_signals_through_the_pidfd() -> None:
+async def test_signals_through_the_pidfd(spawner_loop: str) -> None:
     child = await spawn(sleep_then, USER_PID, args=(30,), map_zero=True, via="spawner")
     child.terminate()  # PID 1 of its namespace: the exit handler gives 143
     assert await child.wait() == 143
@@ -191,6 +199,7 @@ async def test_auto_uses_the_spawner_once_the_parent_is_large(
     try:
         child = await spawn(ident)
         assert (await child.result())[1] != os.getpid()
+
         # A closure cannot travel: auto still works, by forking.
         def local() -> int:
             return os.getppid()
@@ -210,7 +219,7 @@ async def test_invalid_combinations() -> None:
         await spawn(ident, via="fork", spawner=Spawner())
 
 
-async def test_cancelled_spawn_leaves_nothing() -> None:
+async def test_cancelled_spawn_leaves_nothing(spawner_loop: str) -> None:
     async with Spawner() as sp:
         for delay in (0, 0.0005, 0.001, 0.003):
             task = asyncio.ensure_future(spawn(sleep_then, args=(30,), spawner=sp))
@@ -224,7 +233,7 @@ async def test_cancelled_spawn_leaves_nothing() -> None:
             await child.wait()
 
 
-async def test_closing_the_spawner_kills_its_children() -> None:
+async def test_closing_the_spawner_kills_its_children(spawner_loop: str) -> None:
     sp = await Spawner().start()
     kids = [await spawn(sleep_then, args=(30,), spawner=sp) for _ in range(5)]
     await sp.aclose()
@@ -234,7 +243,7 @@ async def test_closing_the_spawner_kills_its_children() -> None:
         await spawn(ident, spawner=sp)
 
 
-async def test_a_dead_spawner_fails_cleanly() -> None:
+async def test_a_dead_spawner_fails_cleanly(spawner_loop: str) -> None:
     sp = await Spawner().start()
     kids = [await spawn(sleep_then, args=(30,), spawner=sp) for _ in range(3)]
     os.kill(sp.pid, signal.SIGKILL)
@@ -249,7 +258,7 @@ async def test_a_dead_spawner_fails_cleanly() -> None:
 
 
 @pytest.mark.userns
-async def test_sandbox_through_the_spawner() -> None:
+async def test_sandbox_through_the_spawner(spawner_loop: str) -> None:
     box = Sandbox(namespaces={"user", "pid"}, hostname="via-spawner", map_zero=True)
     child = await spawn(ident, sandbox=box, via="spawner")
     assert (await child.result())[2:] == (0, "via-spawner")
@@ -326,4 +335,3 @@ def test_closed_loop_spawners_are_stopped_at_exit() -> None:
     assert proc.returncode == 0, err
     assert proc_state(int(out.split()[0])) is None
     assert "Traceback" not in err, err
-

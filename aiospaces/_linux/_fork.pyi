@@ -24,3 +24,6 @@ def execve_limited(
     rlimits: tuple[tuple[int, int, int], ...],
     /,
 ) -> int: ...
+def serve(
+    sock: int, maxmsg: int, lifeline_r: int, lifeline_w: int, /
+) -> tuple[bytes, bytes, list[int]] | None: ...

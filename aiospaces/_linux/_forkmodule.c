@@ -121,6 +121,250 @@ fork_clone_legacy(PyObject *module, PyObject *args)
 
 
 /* ------------------------------------------------------------------------
+ * serve: the spawner process' request loop (see aiospaces/_spawner_main.py).
+ *
+ * In C because of copy-on-write: every page the spawner writes while a child
+ * still shares it is copied (about 4 us a fault on a small VM), and a Python
+ * loop touches some 160 pages per request. This loop touches a few: it
+ * receives a request, clones, answers, and relays exit statuses, and only
+ * returns to Python in the fresh child (with its request) or for requests
+ * it does not handle itself.
+ *
+ *   supervisor -> spawner   'C' u64 flags, u8 has_cgroup, u8 pdeathsig, payload
+ *                               + fds [chan, (cgroup)]
+ *                           any other kind: returned to Python
+ *   spawner -> supervisor   'K' i32 pid + fd [pidfd]   cloned
+ *                           'F' i32 errno              clone failed
+ *                           'X' i32 pid, i32 status    reaped (status: exit code, -signal)
+ *
+ * SIGCHLD must be blocked by the caller; it is read from a signalfd.
+ */
+#include <poll.h>
+#include <sys/signalfd.h>
+
+static int sv_no_clone3 = 0;
+
+static void
+sv_send(int sock, const char *buf, size_t len, int fd)
+{
+    struct iovec iov = {(void *)buf, len};
+    struct msghdr msg;
+    char cbuf[CMSG_SPACE(sizeof(int))];
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (fd >= 0) {
+        memset(cbuf, 0, sizeof(cbuf));
+        msg.msg_control = cbuf;
+        msg.msg_controllen = sizeof(cbuf);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    }
+    while (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR) {
+    }
+}
+
+static void
+sv_reap(int sock)
+{
+    for (;;) {
+        siginfo_t si;
+        memset(&si, 0, sizeof(si));
+        if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG) < 0 || si.si_pid == 0) {
+            return;
+        }
+        char out[9];
+        int32_t pid = si.si_pid;
+        int32_t rc = si.si_code == CLD_EXITED ? si.si_status : -si.si_status;
+        out[0] = 'X';
+        memcpy(out + 1, &pid, 4);
+        memcpy(out + 5, &rc, 4);
+        sv_send(sock, out, sizeof(out), -1);
+    }
+}
+
+static long
+sv_clone(uint64_t flags, int cgroup_fd, int *pidfd)
+{
+    if (!sv_no_clone3) {
+        struct clone_args_v2 ca;
+        memset(&ca, 0, sizeof(ca));
+        ca.flags = flags | CLONE_PIDFD;
+        ca.pidfd = (uint64_t)(uintptr_t)pidfd;
+        ca.exit_signal = SIGCHLD;
+        size_t size = CLONE_ARGS_SIZE_VER0;
+        if (cgroup_fd >= 0) {
+            ca.flags |= CLONE_INTO_CGROUP;
+            ca.cgroup = (uint64_t)cgroup_fd;
+            size = CLONE_ARGS_SIZE_VER2;
+        }
+        long pid = syscall(SYS_clone3, &ca, size);
+        if (pid >= 0 || errno != ENOSYS || cgroup_fd >= 0) {
+            return pid;
+        }
+        sv_no_clone3 = 1;
+    }
+    unsigned long word = ((unsigned long)flags & ~0xffUL) | CLONE_PIDFD | SIGCHLD;
+    return syscall(SYS_clone, word, NULL, pidfd, NULL, NULL);
+}
+
+static PyObject *
+fork_serve(PyObject *module, PyObject *args)
+{
+    int sock, life_r, life_w;
+    Py_ssize_t maxmsg;
+    if (!PyArg_ParseTuple(args, "inii:serve", &sock, &maxmsg, &life_r, &life_w)) {
+        return NULL;
+    }
+    static int sfd = -1;
+    static char *buf = NULL;
+    static Py_ssize_t bufsize = 0;
+    if (sfd < 0) {
+        sigset_t chld;
+        sigemptyset(&chld);
+        sigaddset(&chld, SIGCHLD);
+        sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+        if (sfd < 0) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+    }
+    if (bufsize < maxmsg) {
+        PyMem_RawFree(buf);
+        buf = PyMem_RawMalloc((size_t)maxmsg);
+        bufsize = buf ? maxmsg : 0;
+        if (!buf) {
+            return PyErr_NoMemory();
+        }
+    }
+    for (;;) {
+        struct pollfd p[2] = {{sock, POLLIN, 0}, {sfd, POLLIN, 0}};
+        int r;
+        Py_BEGIN_ALLOW_THREADS
+        r = poll(p, 2, -1);
+        Py_END_ALLOW_THREADS
+        if (r < 0) {
+            if (errno == EINTR) {
+                if (PyErr_CheckSignals() < 0) {
+                    return NULL;
+                }
+                continue;
+            }
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        if (p[1].revents) {
+            struct signalfd_siginfo ssi;
+            while (read(sfd, &ssi, sizeof(ssi)) > 0) {
+            }
+            sv_reap(sock);
+        }
+        if (!p[0].revents) {
+            continue;
+        }
+        for (;;) {
+            int fds[4] = {-1, -1, -1, -1};
+            int nfds = 0;
+            char cbuf[CMSG_SPACE(sizeof(fds))];
+            struct iovec iov = {buf, (size_t)bufsize};
+            struct msghdr msg;
+            memset(&msg, 0, sizeof(msg));
+            msg.msg_iov = &iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = cbuf;
+            msg.msg_controllen = sizeof(cbuf);
+            ssize_t n = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                break;
+            }
+            for (struct cmsghdr *c = n >= 0 ? CMSG_FIRSTHDR(&msg) : NULL; c; c = CMSG_NXTHDR(&msg, c)) {
+                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+                    int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+                    for (int i = 0; i < k && nfds < 4; i++) {
+                        memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+                    }
+                }
+            }
+            if (n <= 0) { /* EOF or a broken socket: the supervisor is gone */
+                for (int i = 0; i < nfds; i++) {
+                    close(fds[i]);
+                }
+                sv_reap(sock);
+                Py_RETURN_NONE;
+            }
+            if (buf[0] != 'C' || n < 11 || nfds < 1) {
+                /* not ours: Python handles it (it owns the fds now) */
+                PyObject *fdl = PyList_New(nfds);
+                if (!fdl) {
+                    return NULL;
+                }
+                for (int i = 0; i < nfds; i++) {
+                    PyList_SET_ITEM(fdl, i, PyLong_FromLong(fds[i]));
+                }
+                return Py_BuildValue("(cy#N)", buf[0], buf + 1, (Py_ssize_t)(n - 1), fdl);
+            }
+            uint64_t flags;
+            memcpy(&flags, buf + 1, 8);
+            int cgroup_fd = (buf[9] && nfds > 1) ? fds[1] : -1;
+            int pdeathsig = (unsigned char)buf[10];
+            int pidfd = -1;
+            PyOS_BeforeFork();
+            long pid = sv_clone(flags, cgroup_fd, &pidfd);
+            if (pid == 0) {
+                /* First, as in every fresh child (see _child.child_main). The
+                 * spawner may have died before this ran (the supervisor can
+                 * be told the pid before the child is first scheduled): then
+                 * the lifeline pipe, whose write end only the spawner holds
+                 * once ours is closed, reads EOF. (getppid() cannot tell: in
+                 * a new pid namespace it is 0 either way.) */
+                close(life_w);
+                if (pdeathsig) {
+                    prctl(PR_SET_PDEATHSIG, pdeathsig);
+                    struct pollfd lp = {life_r, POLLIN, 0};
+                    if (poll(&lp, 1, 0) > 0 && (lp.revents & (POLLHUP | POLLIN))) {
+                        _exit(124); /* EXIT_PARENT_GONE */
+                    }
+                }
+                close(life_r);
+                PyOS_AfterFork_Child();
+                close(sfd);
+                sfd = -1;
+                PyObject *fdl = PyList_New(nfds);
+                if (!fdl) {
+                    return NULL;
+                }
+                for (int i = 0; i < nfds; i++) {
+                    PyList_SET_ITEM(fdl, i, PyLong_FromLong(fds[i]));
+                }
+                return Py_BuildValue("(cy#N)", 'C', buf + 11, (Py_ssize_t)(n - 11), fdl);
+            }
+            int err = errno;
+            PyOS_AfterFork_Parent();
+            char out[5];
+            if (pid < 0) {
+                int32_t e = err;
+                out[0] = 'F';
+                memcpy(out + 1, &e, 4);
+                sv_send(sock, out, 5, -1);
+            } else {
+                int32_t p32 = (int32_t)pid;
+                out[0] = 'K';
+                memcpy(out + 1, &p32, 4);
+                sv_send(sock, out, 5, pidfd);
+                close(pidfd);
+            }
+            for (int i = 0; i < nfds; i++) {
+                close(fds[i]);
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------
  * spawn_exec: exec mode without copying the interpreter (CLONE_VM).
  *
  * The protocol is documented in aiospaces/_fastexec.py. Everything the
@@ -1003,6 +1247,10 @@ static PyMethodDef fork_methods[] = {
     {"clone_legacy", fork_clone_legacy, METH_VARARGS,
      "clone_legacy(flags, exit_signal=SIGCHLD) -> (pid, pidfd)\n\n"
      "The same through clone(2) with CLONE_PIDFD (Linux 5.2), for hosts without clone3."},
+    {"serve", fork_serve, METH_VARARGS,
+     "serve(sock, maxmsg, lifeline_r, lifeline_w) -> (kind, payload, fds) | None\n\n"
+     "The spawner's request loop: clones on 'C' requests (returning in the child),\n"
+     "relays exit statuses, returns other requests to Python; None at EOF."},
 #ifdef AIOSPACES_HAVE_SPAWN_EXEC
     {"spawn_exec", fork_spawn_exec, METH_VARARGS,
      "spawn_exec(flags, sxflags, chan, parent_end, candidates, argv, envp, cwd, dups,\n"
