@@ -396,7 +396,8 @@ def _via_spawner(
         else:
             try:
                 work = pickle.dumps((fn, args, dict(kwargs)), pickle.HIGHEST_PROTOCOL)
-                pickle.dumps(plan, pickle.HIGHEST_PROTOCOL)
+                if plan.steps:  # a Sandbox's steps travel too
+                    pickle.dumps(plan.steps, pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
                 why = (
                     f"args/kwargs/sandbox: cannot be pickled for the spawner ({exc}); "

@@ -24,9 +24,10 @@ import select
 import signal
 import socket
 import sys
+import warnings
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -138,7 +139,7 @@ class Spawner:
         self._pending: deque[tuple[asyncio.Future[int], RelayedExit | None, int]] = deque()
         self._imported: set[bytes] = set()  # fn references this spawner has imported
         self._children: dict[int, RelayedExit] = {}
-        self._env: dict[str, str] = {}
+        self._env: dict[Any, Any] = {}  # os.environ as the spawner got it (raw)
         self._starting: asyncio.Future[None] | None = None
         self._closed = False
         self._emptied: asyncio.Future[None] | None = None  # set by aclose()
@@ -194,8 +195,8 @@ class Spawner:
         self._pidfd = os.pidfd_open(self.pid)
         self._sock = ours
         ours.setblocking(False)
-        self._env = dict(os.environ)
-        _send(ours, b"N" + pickle.dumps((list(sys.path), self._env, _cwd())))
+        self._env = dict(_environ_raw())
+        _send(ours, b"N" + pickle.dumps((list(sys.path), dict(os.environ), _cwd())))
         self._pending.append((loop.create_future(), None, 0))  # the "ready" reply
         loop.add_reader(ours.fileno(), self._on_readable)
         loop.add_reader(self._pidfd, self._on_spawner_exit)
@@ -228,6 +229,12 @@ class Spawner:
             with contextlib.suppress(OSError):
                 select.select([self._pidfd], [], [], 5.0)
         self._reap_self()
+
+    def __del__(self) -> None:
+        if getattr(self, "_pidfd", -1) >= 0:
+            warnings.warn(f"{self!r} was never closed; stopping it", ResourceWarning, stacklevel=2)
+            with contextlib.suppress(Exception):
+                self.close_now()
 
     async def __aenter__(self) -> Self:
         return await self.start()
@@ -332,9 +339,12 @@ class Spawner:
             why = self.lost_reason or "the spawner is closed"
             raise SpawnError(errno.EPIPE, why, step="spawner")
         fnref, work, fmt, wait_running = request
-        env = dict(os.environ)
+        # The environment travels only when it changed since the spawner
+        # started (compared raw: decoding os.environ costs more than a spawn's
+        # whole parent side).
+        env = None if _environ_raw() == self._env else dict(os.environ)
         payload = pickle.dumps(
-            (fields, work, fmt, wait_running, None if env == self._env else env, _cwd()),
+            (fields, work, fmt, wait_running, env, _cwd()),
             pickle.HIGHEST_PROTOCOL,
         )
         pdeathsig = signal.SIGKILL if fields[0] else 0  # die_with_parent
@@ -439,10 +449,14 @@ def default_spawner() -> Spawner:
 
 
 def _close_stale() -> None:
-    """Spawners of closed loops can never be served again: stop them."""
+    """Spawners of closed loops can never be served again: stop them (and
+    drop them from the registry: each holds its loop, so the weak key alone
+    would never go)."""
     for sp in list(_ALL):
         if sp._loop is not None and sp._loop.is_closed() and sp._pidfd >= 0:
             sp.close_now()
+    for loop in [lp for lp in list(_DEFAULT) if lp.is_closed()]:
+        _DEFAULT.pop(loop, None)
 
 
 async def stop_spawner() -> None:
@@ -463,6 +477,12 @@ def close_all_now() -> None:
         if sp._pidfd >= 0 or sp._sock is not None:
             sp.close_now()
     _DEFAULT.clear()
+
+
+def _environ_raw() -> Mapping[Any, Any]:
+    """os.environ's underlying dict (bytes on POSIX), without decoding."""
+    raw = getattr(os.environ, "_data", None)
+    return raw if isinstance(raw, dict) else dict(os.environ)
 
 
 def _cwd() -> str | None:
