@@ -83,6 +83,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import socket
@@ -162,6 +163,7 @@ class FastPlan:
     new_session: bool = True
 
 
+@functools.lru_cache(maxsize=256)  # the same few programs, run again and again
 def _template(step: str, filename: str | None) -> tuple[bytes, bytes]:
     """An ``E`` record split around its errno (``msg`` is empty: the parent
     fills in ``strerror``)."""

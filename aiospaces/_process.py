@@ -170,7 +170,10 @@ def _check_argv(argv: object) -> tuple[tuple[bytes, ...], list[str | bytes]]:
 
 def _check_env(env: object) -> dict[bytes, bytes]:
     if env is None:
-        return dict(os.environb)
+        # os.environb's own dict: going through the mapping decodes and
+        # re-encodes every variable, on every spawn.
+        raw = getattr(os.environb, "_data", None)
+        return dict(raw) if isinstance(raw, dict) else dict(os.environb)
     if not isinstance(env, Mapping):
         raise TypeError(f"env must be a mapping, not {type(env).__name__}")
     out: dict[bytes, bytes] = {}
