@@ -26,6 +26,7 @@ from ._launch import Launched, StartedOn, launch, launch_remote
 from ._linux import constants as C
 from ._linux import validate_flags
 from ._spawner import Spawner, SpawnerUnsuitable, default_spawner
+from ._spawner_main import MAX_MSG
 from .idmap import MapPlan, MapSpec, plan_maps
 from .limits import SandboxGuard
 from .sandbox import Sandbox
@@ -358,6 +359,7 @@ def parent_is_large() -> bool:
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+SPAWNER_MAX_ARGS = MAX_MSG - (64 << 10)  # the rest of a request: plan, env, cwd
 
 
 def _via_spawner(
@@ -396,13 +398,20 @@ def _via_spawner(
         else:
             try:
                 work = pickle.dumps((fn, args, dict(kwargs)), pickle.HIGHEST_PROTOCOL)
-                if plan.steps:  # a Sandbox's steps travel too
-                    pickle.dumps(plan.steps, pickle.HIGHEST_PROTOCOL)
+                steps = pickle.dumps(plan.steps, pickle.HIGHEST_PROTOCOL) if plan.steps else b""
             except Exception as exc:
                 why = (
                     f"args/kwargs/sandbox: cannot be pickled for the spawner ({exc}); "
                     "use via='fork'"
                 )
+            else:
+                size = len(work) + len(steps)
+                if size > SPAWNER_MAX_ARGS:
+                    why = (
+                        f"args/kwargs: {size} bytes pickled, over the spawner's "
+                        f"{SPAWNER_MAX_ARGS}; pass large data another way (a file, "
+                        "pass_fds with via='fork') or use via='fork'"
+                    )
     if why:
         if via == "spawner":
             raise SpawnerUnsuitable(why)

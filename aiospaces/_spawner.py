@@ -254,7 +254,13 @@ class Spawner:
                 with contextlib.suppress(Exception):
                     self._loop.remove_reader(sock.fileno())
             sock.close()
-        self._fail_pending(self.lost_reason or "the spawner was closed")
+        why = self.lost_reason or "the spawner was closed"
+        if self._starting is not None and not self._starting.done():
+            self._starting.set_exception(
+                SpawnError(errno.EPIPE, f"{why} before it was ready", step="spawner")
+            )
+            self._starting.exception()
+        self._fail_pending(why)
         for watch in list(self._children.values()):
             self._orphan(watch)
         self._children.clear()
@@ -349,10 +355,10 @@ class Spawner:
         )
         pdeathsig = signal.SIGKILL if fields[0] else 0  # die_with_parent
         data = b"C" + _CLONE_HEAD.pack(flags, len(fds) > 1, pdeathsig) + payload
-        if len(data) > MAX_MSG:
+        if len(data) > MAX_MSG:  # the environment grew (the args were checked before)
             raise SpawnerUnsuitable(
-                f"args: the pickled request is {len(data)} bytes, over the spawner's "
-                f"{MAX_MSG} (pass large data another way, or use via='fork')"
+                f"the pickled request is {len(data)} bytes, over the spawner's {MAX_MSG}: "
+                "pass large data another way, or use via='fork'"
             )
         if fnref not in self._imported:
             self._imported.add(fnref)

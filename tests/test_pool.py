@@ -18,6 +18,7 @@ import pytest
 from conftest import child_pids
 from helpers import proc_state
 
+import aiospaces
 from aiospaces import (
     CLONE_NEWPID,
     CLONE_NEWUSER,
@@ -81,17 +82,28 @@ async def aio_double(x: int) -> int:
     return 2 * x
 
 
-class Sampler:
-    """Counts our live children (running or zombie) from /proc, often."""
+def _children_of(pid: int) -> set[int]:
+    out: set[int] = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as f:
+            out.update(int(p) for p in f.read().split())
+    return out
 
-    def __init__(self) -> None:
+
+class Sampler:
+    """Counts our live children (running or zombie) from /proc, often; or
+    those of a spawner process (its children are the pool's sandboxes)."""
+
+    def __init__(self, spawner: aiospaces.Spawner | None = None) -> None:
         self.peak = 0
         self.samples = 0
+        self._spawner = spawner
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         while True:
-            self.peak = max(self.peak, len(child_pids()))
+            kids = _children_of(self._spawner.pid) if self._spawner else child_pids()
+            self.peak = max(self.peak, len(kids))
             self.samples += 1
             await asyncio.sleep(0.001)
 
@@ -116,6 +128,23 @@ async def test_200_tasks_size_8_in_order_never_more_than_8_alive(fresh: bool) ->
     fn = (lambda x: slow_square(x) * scale) if fresh else slow_square
     async with SandboxPool(8, fresh=fresh) as pool, Sampler() as sampler:
         results = [r async for r in pool.map(fn, range(200))]
+    assert results == [x * x for x in range(200)]
+    assert sampler.samples >= 5
+    assert 2 <= sampler.peak <= 8, sampler.peak
+
+
+async def test_200_fresh_tasks_through_a_spawner() -> None:
+    async with (
+        aiospaces.Spawner() as sp,
+        SandboxPool(8, via="spawner", spawner=sp) as pool,
+        Sampler(sp) as sampler,
+    ):
+        results = [r async for r in pool.map(slow_square, range(200))]
+        with pytest.raises(ValueError, match="boom"):
+            await pool.run(fail, "boom")
+        with pytest.raises(TimeoutError):
+            await pool.run(sleep_then, 5, 1, timeout=0.2)
+        assert await pool.run(square, 7) == 49  # the pool keeps serving
     assert results == [x * x for x in range(200)]
     assert sampler.samples >= 5
     assert 2 <= sampler.peak <= 8, sampler.peak

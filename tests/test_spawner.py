@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -153,6 +154,7 @@ async def test_environment_and_cwd_follow_the_parent(
         (lambda: 1, {}, "cannot be pickled by reference"),
         (add, {"args": (threading.Lock(),)}, "args/kwargs"),
         (add, {"args": (1,), "pass_fds": (0,)}, "pass_fds"),
+        (add, {"args": (b"x" * (2 << 20),)}, "over the spawner's"),
     ],
 )
 async def test_what_cannot_travel_is_refused_before_any_process(
@@ -208,6 +210,27 @@ async def test_auto_uses_the_spawner_once_the_parent_is_large(
         assert await child.result() == os.getpid()
     finally:
         await aiospaces.stop_spawner()
+
+
+async def test_auto_forks_what_cannot_travel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spawn_mod, "AUTO_SPAWNER_RSS", 1)
+    monkeypatch.setattr(spawn_mod, "_rss_cache", [0.0, 0])
+    big = b"x" * (2 << 20)
+    try:
+        child = await spawn(len, args=(big,))  # too large to send: forked
+        assert await child.result() == len(big)
+        assert (await (await spawn(ident)).result())[1] != os.getpid()  # small: spawner
+    finally:
+        await aiospaces.stop_spawner()
+
+
+async def test_a_spawner_that_cannot_start_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    t0 = time.monotonic()
+    with pytest.raises(SpawnError, match="before it was ready"):
+        async with Spawner():
+            pass
+    assert time.monotonic() - t0 < 10
 
 
 async def test_invalid_combinations() -> None:
