@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import IO, Any, TypeAlias
 
 from . import _fastexec, _frames, _init
+from ._aio import settle
 from ._child import ChildPlan
 from ._handle import ProcessHandle
 from ._launch import Launched, launch
@@ -619,12 +620,7 @@ async def _connect_uncancelled(proc: Process, ends: dict[int, int]) -> None:
     the ownership clear; then the cancellation is delivered.
     """
     task = asyncio.ensure_future(_connect(proc, ends))
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            cancelled = True
+    cancelled = await settle(task)
     task.result()
     if cancelled:
         raise asyncio.CancelledError

@@ -14,7 +14,7 @@ import pickle
 import signal
 import time
 import types
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from . import _frames
@@ -22,7 +22,7 @@ from ._body import RESULT_FORMATS, VIAS, ResultFormat, Via, _fn_body
 from ._child import ChildPlan
 from ._errors import ChildError, ChildExited, ChildKilled
 from ._handle import ProcessHandle
-from ._launch import Launched, StartedOn, launch, launch_remote
+from ._launch import Launched, ParentStep, StartedOn, launch, launch_remote
 from ._linux import constants as C
 from ._linux import validate_flags
 from ._spawner import Spawner, SpawnerUnsuitable, default_spawner
@@ -320,19 +320,53 @@ async def spawn(
         new_session=new_session,
     )
     maps = check_maps(flags, uid_map, gid_map, map_zero)
+    core = await _launch_fn(
+        via, spawner, fn, args, kwargs, flags, plan, result_format, maps, (), -1
+    )
+    return Child(core, flags, result_format)
+
+
+async def _launch_fn(
+    via: str,
+    spawner: Spawner | None,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    flags: int,
+    plan: ChildPlan,
+    fmt: str,
+    maps: MapPlan | None,
+    parent_steps: Sequence[ParentStep],
+    cgroup_fd: int,
+) -> Launched:
+    """Clone through the spawner or by forking (``via``), same handshake."""
     # Without child-side steps nothing in the child's setup can fail, so the
     # parent need not wait for its "running" frame: one wake-up less while
     # the fresh child still shares the parent's pages.
     wait_running = bool(plan.steps)
     started_on: StartedOn = "R" if wait_running else "go"
-    request = _via_spawner(via, fn, args, kwargs, plan, result_format, wait_running)
+    request = _via_spawner(via, fn, args, kwargs, plan, fmt, wait_running)
     if request is not None:
-        sp = spawner or default_spawner()
-        core = await launch_remote(sp, flags, plan, request, maps=maps, started_on=started_on)
-    else:
-        body = _fn_body(fn, args, dict(kwargs), wait_running, result_format)
-        core = await launch(flags, plan, body, maps=maps, started_on=started_on)
-    return Child(core, flags, result_format)
+        return await launch_remote(
+            spawner or default_spawner(),
+            flags,
+            plan,
+            request,
+            maps=maps,
+            parent_steps=parent_steps,
+            started_on=started_on,
+            cgroup_fd=cgroup_fd,
+        )
+    body = _fn_body(fn, args, dict(kwargs), wait_running, fmt)
+    return await launch(
+        flags,
+        plan,
+        body,
+        maps=maps,
+        parent_steps=parent_steps,
+        started_on=started_on,
+        cgroup_fd=cgroup_fd,
+    )
 
 
 AUTO_SPAWNER_RSS = 128 << 20
@@ -453,30 +487,18 @@ async def _spawn_sandboxed(
             steps=compiled.fn_steps,
             new_session=new_session,
         )
-        wait_running = bool(plan.steps)
-        started_on: StartedOn = "R" if wait_running else "go"
-        request = _via_spawner(via, fn, args, kwargs, plan, result_format, wait_running)
-        if request is not None:
-            core = await launch_remote(
-                spawner or default_spawner(),
-                flags,
-                plan,
-                request,
-                maps=compiled.maps,
-                parent_steps=compiled.parent_steps,
-                started_on=started_on,
-                cgroup_fd=compiled.cgroup_fd,
-            )
-        else:
-            body = _fn_body(fn, args, dict(kwargs), wait_running, result_format)
-            core = await launch(
-                flags,
-                plan,
-                body,
-                maps=compiled.maps,
-                parent_steps=compiled.parent_steps,
-                started_on=started_on,
-                cgroup_fd=compiled.cgroup_fd,
-            )
+        core = await _launch_fn(
+            via,
+            spawner,
+            fn,
+            args,
+            kwargs,
+            flags,
+            plan,
+            result_format,
+            compiled.maps,
+            compiled.parent_steps,
+            compiled.cgroup_fd,
+        )
         guard = compiled.supervise(core)
     return Child(core, flags, result_format, guard)

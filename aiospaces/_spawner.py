@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
+from ._aio import settle
 from ._errors import SpawnError
 from ._linux.clone import _clone_error
 from ._spawner_main import _CLONE_HEAD, _EXIT, _I32, MAX_MSG, recv_msg
@@ -366,13 +367,7 @@ class Spawner:
         await _sendmsg(loop, sock, data, fds)
         fut: asyncio.Future[int] = loop.create_future()
         self._pending.append((fut, watch, flags))
-        cancelled = False
-        while not fut.done():
-            try:
-                await asyncio.shield(fut)
-            except asyncio.CancelledError:
-                cancelled = True
-        if cancelled:
+        if await settle(fut):
             if fut.exception() is None:
                 watch.watch()
                 with contextlib.suppress(OSError):

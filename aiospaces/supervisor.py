@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Protocol
 
+from ._aio import settle
 from ._errors import ChildLost
 from ._events import Event, EventStream, Exited, GaveUp, Restarting, Started, Stopped
 from ._process import create_process
@@ -152,13 +153,7 @@ async def kill_and_reap(proc: _Proc, exit_fut: asyncio.Future[int | None] | None
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
     fut = exit_fut if exit_fut is not None else asyncio.ensure_future(wait_rc(proc))
-    cancelled = False
-    while not fut.done():
-        try:
-            await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
+    if await settle(fut):
         raise asyncio.CancelledError
 
 

@@ -70,8 +70,9 @@ async def one(rnd: random.Random, userns: bool) -> str:
     flags = rnd.choice(FLAG_SETS if userns else (0,))
     mz = bool(flags & CLONE_NEWUSER)
     if rnd.random() < 0.5:
-        coro: Any = _fn_cycle(flags, mz, rnd.randrange(1000))
-        kind = "fn"
+        via = rnd.choice(("fork", "spawner"))
+        coro: Any = _fn_cycle(flags, mz, rnd.randrange(1000), via)
+        kind = f"fn-{via}"
     else:
         coro = aiospaces.run(["/bin/true"], flags, map_zero=mz, timeout=30)
         kind = "exec"
@@ -86,8 +87,14 @@ async def one(rnd: random.Random, userns: bool) -> str:
     return kind
 
 
-async def _fn_cycle(flags: int, map_zero: bool, value: int) -> None:
-    child = await aiospaces.spawn(_identity, flags, args=(value,), map_zero=map_zero)
+async def _fn_cycle(flags: int, map_zero: bool, value: int, via: str) -> None:
+    child = await aiospaces.spawn(
+        _identity,
+        flags,
+        args=(value,),
+        map_zero=map_zero,
+        via=via,  # type: ignore[arg-type]
+    )
     assert await child.result() == value
 
 
@@ -96,6 +103,9 @@ async def soak(
 ) -> dict[str, Any]:
     rnd = random.Random(seed)
     counts: dict[str, int] = {}
+    # The loop's spawner lives for the whole run (as in a service): start it
+    # before the first snapshot, stop it after the last.
+    await aiospaces._spawner.default_spawner().start()
     before = snapshot()
     warm: dict[str, int] | None = None
     t0 = time.monotonic()
@@ -110,6 +120,7 @@ async def soak(
             warm = snapshot()
     await asyncio.sleep(0.05)
     after = snapshot()
+    await aiospaces.stop_spawner()
     assert warm is not None
     growth = after["rss_kib"] - warm["rss_kib"]
     checks = {
