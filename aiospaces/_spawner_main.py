@@ -94,9 +94,9 @@ class Server:
         # The spawner's signal state never changes: both plans, made once.
         self.sigplans = {p: _child.signal_plan(p) for p in (False, True)}
         self.wake_r = self.wake_w = -1
-        # Only the spawner keeps the write end: a child that finds EOF here
-        # right after setting PDEATHSIG knows the spawner died before that.
-        self.life_r, self.life_w = os.pipe()
+        # A child that finds this readable right after setting PDEATHSIG
+        # knows the spawner died before that (so no signal will come).
+        self.self_pidfd = os.pidfd_open(os.getpid())
 
     def serve(self) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
@@ -115,7 +115,7 @@ class Server:
             # collector's sight, so a collection in a child does not walk
             # (and copy) the pages it shares with us.
             gc.freeze()
-            got = _cfork.serve(self.sock.fileno(), MAX_MSG, self.life_r, self.life_w)
+            got = _cfork.serve(self.sock.fileno(), MAX_MSG, self.self_pidfd)
             if got is None:
                 return
             kind, payload, fds = got
@@ -174,13 +174,11 @@ class Server:
                 _send(self.sock, b"F" + _I32.pack(exc.errno or 0))
                 return
             if pid == 0:
-                os.close(self.life_w)
                 if pdeathsig:
                     set_pdeathsig(pdeathsig)
-                    if select.select([self.life_r], [], [], 0)[0]:  # see Server()
+                    if select.select([self.self_pidfd], [], [], 0)[0]:  # see Server()
                         os._exit(_child.EXIT_PARENT_GONE)
-                os.close(self.life_r)
-                self.life_r = self.life_w = -1
+                os.close(self.self_pidfd)
                 self._child(rest[_CLONE_HEAD.size :], fds)
             self.children += 1
             try:

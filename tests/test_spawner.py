@@ -268,7 +268,10 @@ async def test_closing_the_spawner_kills_its_children(spawner_loop: str) -> None
 
 async def test_a_dead_spawner_fails_cleanly(spawner_loop: str) -> None:
     sp = await Spawner().start()
-    kids = [await spawn(sleep_then, args=(30,), spawner=sp) for _ in range(3)]
+    # Eight, killed right after the last spawn: the last ones may not have run
+    # a single instruction yet (a regression test for a child that set its
+    # PDEATHSIG only after the spawner had died, and lived on).
+    kids = [await spawn(sleep_then, args=(30,), spawner=sp) for _ in range(8)]
     os.kill(sp.pid, signal.SIGKILL)
     # The kids die with it (PDEATHSIG); their statuses died with it too.
     for k in kids:

@@ -25,5 +25,5 @@ def execve_limited(
     /,
 ) -> int: ...
 def serve(
-    sock: int, maxmsg: int, lifeline_r: int, lifeline_w: int, /
+    sock: int, maxmsg: int, spawner_pidfd: int, /
 ) -> tuple[bytes, bytes, list[int]] | None: ...

@@ -214,9 +214,9 @@ sv_clone(uint64_t flags, int cgroup_fd, int *pidfd)
 static PyObject *
 fork_serve(PyObject *module, PyObject *args)
 {
-    int sock, life_r, life_w;
+    int sock, self_pidfd;
     Py_ssize_t maxmsg;
-    if (!PyArg_ParseTuple(args, "inii:serve", &sock, &maxmsg, &life_r, &life_w)) {
+    if (!PyArg_ParseTuple(args, "ini:serve", &sock, &maxmsg, &self_pidfd)) {
         return NULL;
     }
     static int sfd = -1;
@@ -317,19 +317,18 @@ fork_serve(PyObject *module, PyObject *args)
             if (pid == 0) {
                 /* First, as in every fresh child (see _child.child_main). The
                  * spawner may have died before this ran (the supervisor can
-                 * be told the pid before the child is first scheduled): then
-                 * the lifeline pipe, whose write end only the spawner holds
-                 * once ours is closed, reads EOF. (getppid() cannot tell: in
-                 * a new pid namespace it is 0 either way.) */
-                close(life_w);
+                 * be told the pid before the child is first scheduled): its
+                 * pidfd is readable then. (getppid() cannot tell: in a new
+                 * pid namespace it is 0 either way; a pipe cannot either:
+                 * a sibling not yet scheduled still holds its write end.) */
                 if (pdeathsig) {
                     prctl(PR_SET_PDEATHSIG, pdeathsig);
-                    struct pollfd lp = {life_r, POLLIN, 0};
-                    if (poll(&lp, 1, 0) > 0 && (lp.revents & (POLLHUP | POLLIN))) {
+                    struct pollfd lp = {self_pidfd, POLLIN, 0};
+                    if (poll(&lp, 1, 0) > 0 && (lp.revents & (POLLIN | POLLHUP))) {
                         _exit(124); /* EXIT_PARENT_GONE */
                     }
                 }
-                close(life_r);
+                close(self_pidfd);
                 PyOS_AfterFork_Child();
                 close(sfd);
                 sfd = -1;
@@ -1248,7 +1247,7 @@ static PyMethodDef fork_methods[] = {
      "clone_legacy(flags, exit_signal=SIGCHLD) -> (pid, pidfd)\n\n"
      "The same through clone(2) with CLONE_PIDFD (Linux 5.2), for hosts without clone3."},
     {"serve", fork_serve, METH_VARARGS,
-     "serve(sock, maxmsg, lifeline_r, lifeline_w) -> (kind, payload, fds) | None\n\n"
+     "serve(sock, maxmsg, spawner_pidfd) -> (kind, payload, fds) | None\n\n"
      "The spawner's request loop: clones on 'C' requests (returning in the child),\n"
      "relays exit statuses, returns other requests to Python; None at EOF."},
 #ifdef AIOSPACES_HAVE_SPAWN_EXEC
