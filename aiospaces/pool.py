@@ -12,9 +12,12 @@ At most ``size`` tasks run at once; further calls wait for a free slot
     every task runs in a new child made by :func:`aiospaces.spawn` (clean
     state each time, like nsjail's once mode). ``fn`` may be any callable,
     closures and lambdas included: the child is a copy of the parent.
-    With ``via="spawner"`` the children are forked by a small spawner
-    process instead (``fn`` must then be importable): more than twice the
-    tasks per second, and no fork in the caller (see :func:`~aiospaces.spawn`).
+    By default a task whose ``fn`` and arguments can be pickled by
+    reference goes through the loop's spawner process (see
+    :func:`~aiospaces.spawn`: the child starts from a fresh import of fn's
+    module, and the caller never forks; more than twice the tasks per
+    second); any other task is forked from the caller. ``via="fork"`` or
+    ``via="spawner"`` pins one way.
 
 ``fresh=False``
     warm workers: up to ``size`` long-lived children, each in its own
@@ -68,8 +71,10 @@ from collections.abc import (
 from types import TracebackType
 from typing import Any, TypeVar
 
+from ._body import VIAS
 from ._errors import ChildError, ChildExited, ChildKilled
 from ._spawn import Child, RemoteTraceback, spawn
+from ._spawner import SpawnerUnsuitable, default_spawner
 from .supervisor import kill_and_reap, spawn_options, wait_rc
 
 __all__ = ["PoolExecutor", "SandboxPool"]
@@ -300,6 +305,14 @@ class SandboxPool:
             )
         self._options = spawn_options(sandbox, spawn_kwargs)
         self._pass_fds = tuple(self._options.pop("pass_fds", ()))
+        via = self._options.pop("via", None)
+        if via is not None and via not in VIAS:
+            raise ValueError(f"via must be one of {VIAS}, not {via!r}")
+        if "spawner" in self._options and via == "fork":
+            raise ValueError("spawner= and via='fork' contradict each other")
+        # None: fresh tasks go through the spawner whenever fn can travel
+        # (more than twice the throughput), and fork otherwise (closures).
+        self._via: str | None = "spawner" if "spawner" in self._options else via
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: asyncio.Semaphore | None = None
         self._closed = False
@@ -326,6 +339,12 @@ class SandboxPool:
 
     async def __aenter__(self) -> SandboxPool:
         self._bind()
+        if self._fresh and self._via in (None, "spawner"):
+            # Start the spawner now rather than inside the first tasks (and
+            # their timeouts). Its first task of each fn module still pays
+            # for importing that module there.
+            sp = self._options.get("spawner") or default_spawner()
+            await sp.start()
         return self
 
     async def __aexit__(
@@ -479,14 +498,25 @@ class SandboxPool:
                 self._drained.set_result(None)
 
     async def _run_fresh(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        child: Child[Any] = await spawn(
-            # spawn() puts the child in a new session (new_session=True).
-            fn,
-            self._flags,
-            args=args,
-            pass_fds=self._pass_fds,
-            **self._options,
-        )
+        # spawn() puts the child in a new session (new_session=True).
+        child: Child[Any]
+        if self._via is None:
+            try:
+                child = await spawn(
+                    fn, self._flags, args=args, pass_fds=self._pass_fds, via="spawner",
+                    **self._options,
+                )  # fmt: skip
+            except SpawnerUnsuitable:  # raised before any process exists
+                child = await spawn(
+                    fn, self._flags, args=args, pass_fds=self._pass_fds, via="fork",
+                    **self._options,
+                )  # fmt: skip
+        else:
+            child = await spawn(
+                fn, self._flags, args=args, pass_fds=self._pass_fds,
+                via=self._via,  # type: ignore[arg-type]
+                **self._options,
+            )  # fmt: skip
         self._live.add(child)
         try:
             async with child:

@@ -22,6 +22,7 @@ from ._harness import Row
 from .pool_bench import Runner, executor_runner, pool_runner
 
 PPE = "ProcessPoolExecutor (fork)"
+SPAWNER_HEAVY = "SandboxPool fresh via=spawner, fn module imports asyncio (flags=0)"
 
 
 async def _measure(tasks: int, rounds: int, size: int = 8) -> dict[str, list[float]]:
@@ -37,11 +38,15 @@ async def _measure(tasks: int, rounds: int, size: int = 8) -> dict[str, list[flo
         "SandboxPool fresh via=spawner (user+pid)": SandboxPool(
             size, flags=CLONE_NEWUSER | CLONE_NEWPID, map_zero=True, via="spawner"
         ),
+        SPAWNER_HEAVY: SandboxPool(size, via="spawner"),
         "SandboxPool warm (flags=0)": SandboxPool(size, fresh=False),
     }
     runners: dict[str, Runner] = {
-        # The spawner imports the task's module: a lean one (see _targets).
-        name: pool_runner(p, _targets.identity if "spawner" in name else None)
+        # The spawner imports the task's module: a lean one (see _targets),
+        # but for SPAWNER_HEAVY (pool_bench, which imports asyncio).
+        name: pool_runner(
+            p, _targets.identity if "spawner" in name and name != SPAWNER_HEAVY else None
+        )
         for name, p in pools.items()
     }
     runners[PPE] = executor_runner(ppe)

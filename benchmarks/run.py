@@ -141,7 +141,11 @@ def targets(rows: list[Row]) -> list[tuple[str, str, str, bool | None]]:
         )
     for via, label in (
         ("via=fork", "SandboxPool fresh (flags=0)"),
-        ("via=spawner", "SandboxPool fresh via=spawner (flags=0)"),
+        ("via=spawner, lean fn module", "SandboxPool fresh via=spawner (flags=0)"),
+        (
+            "via=spawner, fn module imports asyncio",
+            "SandboxPool fresh via=spawner, fn module imports asyncio",
+        ),
     ):
         fresh = _find(rows, "pool throughput", "trivial tasks, size 8", label)
         add(

@@ -102,7 +102,10 @@ class Sampler:
 
     async def _run(self) -> None:
         while True:
-            kids = _children_of(self._spawner.pid) if self._spawner else child_pids()
+            if self._spawner is not None:
+                kids = _children_of(self._spawner.pid)
+            else:  # ours, but for a spawner a pool may have started
+                kids = child_pids() - {sp.pid for sp in aiospaces._spawner._ALL}
             self.peak = max(self.peak, len(kids))
             self.samples += 1
             await asyncio.sleep(0.001)
@@ -150,8 +153,24 @@ async def test_200_fresh_tasks_through_a_spawner() -> None:
     assert 2 <= sampler.peak <= 8, sampler.peak
 
 
+def parent_pid() -> int:
+    return os.getppid()
+
+
+async def test_fresh_default_goes_through_the_spawner_when_fn_can_travel() -> None:
+    async with SandboxPool(2) as pool:
+        assert await pool.run(parent_pid) != os.getpid()  # the spawner's child
+        here = os.getpid()
+        assert await pool.run(lambda: os.getppid() + 0 * here) == here  # a closure: forked
+    async with SandboxPool(2, via="fork") as pool:
+        assert await pool.run(parent_pid) == os.getpid()
+    with pytest.raises(ValueError, match="via must be one of"):
+        SandboxPool(2, via="zygote")
+    await aiospaces.stop_spawner()
+
+
 async def test_gathered_runs_respect_the_size() -> None:
-    async with SandboxPool(3) as pool, Sampler() as sampler:
+    async with SandboxPool(3, via="fork") as pool, Sampler() as sampler:
         t0 = time.monotonic()
         out = await asyncio.gather(*(pool.run(sleep_then, 0.2, i) for i in range(9)))
         elapsed = time.monotonic() - t0
@@ -201,7 +220,7 @@ async def test_map_raises_the_first_failure_and_cancels_the_rest() -> None:
 
 
 async def test_break_out_of_map_leaves_nothing_running() -> None:
-    async with SandboxPool(4) as pool:
+    async with SandboxPool(4, via="fork") as pool:
         async with contextlib.aclosing(pool.map(sleep_then, [0.01] * 3 + [30] * 20)) as it:
             async for _ in it:
                 break
@@ -214,6 +233,8 @@ async def test_break_out_of_map_leaves_nothing_running() -> None:
 @pytest.mark.parametrize("fresh", MODES)
 async def test_timeouts_are_isolated(fresh: bool) -> None:
     async with SandboxPool(4, fresh=fresh) as pool:
+        # Warm up first: the spawner's first task of a module imports it there.
+        assert await pool.run(sleep_then, 0, -1) == -1
         calls = [pool.run(sleep_then, 30 if i % 3 == 0 else 0.01, i, timeout=0.5) for i in range(9)]
         t0 = time.monotonic()
         out = await asyncio.gather(*calls, return_exceptions=True)
@@ -290,7 +311,7 @@ async def test_tasks_run_in_their_own_session(fresh: bool) -> None:
 
 @pytest.mark.parametrize("fresh", MODES)
 async def test_cancelling_run_kills_its_sandbox(fresh: bool) -> None:
-    async with SandboxPool(2, fresh=fresh) as pool:
+    async with SandboxPool(2, fresh=fresh, via="fork") as pool:
         task = asyncio.ensure_future(pool.run(sleep_then, 30))
         while not child_pids():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
@@ -303,7 +324,7 @@ async def test_cancelling_run_kills_its_sandbox(fresh: bool) -> None:
 
 
 async def test_closing_the_pool_kills_running_tasks() -> None:
-    pool = SandboxPool(2)
+    pool = SandboxPool(2, via="fork")
     task = asyncio.ensure_future(pool.run(sleep_then, 30))
     while not child_pids():  # noqa: ASYNC110
         await asyncio.sleep(0.01)
@@ -356,7 +377,10 @@ async def test_warm_worker_that_died_while_idle_is_replaced() -> None:
 @pytest.mark.parametrize("fresh", MODES)
 async def test_in_user_and_pid_namespaces(fresh: bool) -> None:
     fn = (lambda x: (os.getpid(), os.getuid(), x)) if fresh else None
-    async with SandboxPool(4, flags=USER_PID, map_zero=True, fresh=fresh) as pool, Sampler() as s:
+    async with (
+        SandboxPool(4, flags=USER_PID, map_zero=True, fresh=fresh, via="fork") as pool,
+        Sampler() as s,
+    ):
         if fresh:
             out = [r async for r in pool.map(fn, range(40))]  # type: ignore[arg-type]
             assert out == [(1, 0, i) for i in range(40)]
@@ -488,7 +512,7 @@ async def test_bad_arguments() -> None:
 
 
 async def test_cancelling_a_map_consumer_kills_what_it_started() -> None:
-    async with SandboxPool(3) as pool:
+    async with SandboxPool(3, via="fork") as pool:
 
         async def consume() -> None:
             async for _ in pool.map(sleep_then, [30] * 10):
@@ -501,6 +525,23 @@ async def test_cancelling_a_map_consumer_kills_what_it_started() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert all(proc_state(p) is None for p in child_pids())
+        assert await pool.run(square, 3) == 9
+
+
+async def test_cancelling_a_map_consumer_kills_its_spawner_children() -> None:
+    async with aiospaces.Spawner() as sp, SandboxPool(3, spawner=sp) as pool:
+
+        async def consume() -> None:
+            async for _ in pool.map(sleep_then, [30] * 10):
+                pass
+
+        task = asyncio.ensure_future(consume())
+        while len(_children_of(sp.pid)) < 3:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert all(proc_state(p) in (None, "Z") for p in _children_of(sp.pid))
         assert await pool.run(square, 3) == 9
 
 
