@@ -27,8 +27,10 @@ from typing import Any
 
 import pytest
 from conftest import USERNS, child_pids, describe, open_fds
+from helpers import proc_state
 from limits_helpers import no_cgroup_leftovers  # noqa: F401  (autouse fixture)
 
+import aiospaces
 from aiospaces import (
     CLONE_NEWPID,
     CLONE_NEWUSER,
@@ -98,8 +100,24 @@ async def _await(aw: Awaitable[Any]) -> Any:
 
 
 def _nothing_left(kids_before: set[int], where: str) -> None:
-    kids = child_pids() - kids_before
+    """No child of ours is left, and none of a spawner's (a spawner itself,
+    started by a pool, is not a task's child)."""
+    spawners = {sp.pid for sp in aiospaces._spawner._ALL if sp.running}
+    kids = child_pids() - kids_before - spawners
+    for pid in spawners:
+        kids |= {k for k in _children_of(pid) if proc_state(k) not in (None, "Z")}
     assert not kids, f"{where}: children left when CancelledError escaped: {describe(kids)}"
+
+
+def _children_of(pid: int) -> set[int]:
+    out: set[int] = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.update(int(p) for p in f.read().split())
+        except OSError:
+            pass
+    return out
 
 
 async def _settled_fds(fds_before: set[int], where: str) -> None:
@@ -239,9 +257,10 @@ def _square(x: int) -> int:
     return x * x
 
 
-async def test_cancel_fresh_pool_task_at_each_await() -> None:
+@pytest.mark.parametrize("via", ["fork", "spawner"])
+async def test_cancel_fresh_pool_task_at_each_await(via: str) -> None:
     kids_before = child_pids()
-    async with SandboxPool(size=2, fresh=True, **NS) as pool:
+    async with SandboxPool(size=2, fresh=True, via=via, **NS) as pool:
         assert await pool.run(_square, 3) == 9
         steps = 0
         for n in range(1, MAX_STEPS):
