@@ -29,16 +29,20 @@ async def _measure(tasks: int, rounds: int, size: int = 8) -> dict[str, list[flo
     ppe = concurrent.futures.ProcessPoolExecutor(
         size, mp_context=multiprocessing.get_context("fork")
     )
+    # One spawner for the lean task module, one for pool_bench's (it imports
+    # asyncio): a spawner carries every module it ever imported, so a shared
+    # one would make the lean candidates pay for the heavy module too.
+    lean, heavy = aiospaces.Spawner(), aiospaces.Spawner()
     pools = {
         "SandboxPool fresh (flags=0)": SandboxPool(size, via="fork"),
         "SandboxPool fresh (user+pid)": SandboxPool(
             size, flags=CLONE_NEWUSER | CLONE_NEWPID, map_zero=True, via="fork"
         ),
-        "SandboxPool fresh via=spawner (flags=0)": SandboxPool(size, via="spawner"),
+        "SandboxPool fresh via=spawner (flags=0)": SandboxPool(size, spawner=lean),
         "SandboxPool fresh via=spawner (user+pid)": SandboxPool(
-            size, flags=CLONE_NEWUSER | CLONE_NEWPID, map_zero=True, via="spawner"
+            size, flags=CLONE_NEWUSER | CLONE_NEWPID, map_zero=True, spawner=lean
         ),
-        SPAWNER_HEAVY: SandboxPool(size, via="spawner"),
+        SPAWNER_HEAVY: SandboxPool(size, spawner=heavy),
         "SandboxPool warm (flags=0)": SandboxPool(size, fresh=False),
     }
     runners: dict[str, Runner] = {
@@ -62,7 +66,8 @@ async def _measure(tasks: int, rounds: int, size: int = 8) -> dict[str, list[flo
     finally:
         for p in pools.values():
             await p.aclose()
-        await aiospaces.stop_spawner()
+        await lean.aclose()
+        await heavy.aclose()
         ppe.shutdown()
     return rates
 
