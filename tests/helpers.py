@@ -48,3 +48,15 @@ def run_python(code: str, *args: str, timeout: float = 60) -> subprocess.Popen[s
 
 def thread_count() -> int:
     return len(os.listdir("/proc/self/task"))
+
+
+def children_of(pid: int) -> set[int]:
+    """The children of ``pid`` (running or zombie), from /proc."""
+    out: set[int] = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.update(int(p) for p in f.read().split())
+        except OSError:
+            pass
+    return out

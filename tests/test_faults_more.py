@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 from conftest import USERNS, child_pids, describe, open_fds
-from helpers import proc_state
+from helpers import children_of, proc_state
 from limits_helpers import no_cgroup_leftovers  # noqa: F401  (autouse fixture)
 
 import aiospaces
@@ -105,19 +105,8 @@ def _nothing_left(kids_before: set[int], where: str) -> None:
     spawners = {sp.pid for sp in aiospaces._spawner._ALL if sp.running}
     kids = child_pids() - kids_before - spawners
     for pid in spawners:
-        kids |= {k for k in _children_of(pid) if proc_state(k) not in (None, "Z")}
+        kids |= {k for k in children_of(pid) if proc_state(k) not in (None, "Z")}
     assert not kids, f"{where}: children left when CancelledError escaped: {describe(kids)}"
-
-
-def _children_of(pid: int) -> set[int]:
-    out: set[int] = set()
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out.update(int(p) for p in f.read().split())
-        except OSError:
-            pass
-    return out
 
 
 async def _settled_fds(fds_before: set[int], where: str) -> None:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from conftest import child_pids
-from helpers import proc_state
+from helpers import children_of, proc_state
 
 import aiospaces
 from aiospaces import (
@@ -82,14 +82,6 @@ async def aio_double(x: int) -> int:
     return 2 * x
 
 
-def _children_of(pid: int) -> set[int]:
-    out: set[int] = set()
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as f:
-            out.update(int(p) for p in f.read().split())
-    return out
-
-
 class Sampler:
     """Counts our live children (running or zombie) from /proc, often; or
     those of a spawner process (its children are the pool's sandboxes)."""
@@ -103,7 +95,7 @@ class Sampler:
     async def _run(self) -> None:
         while True:
             if self._spawner is not None:
-                kids = _children_of(self._spawner.pid)
+                kids = children_of(self._spawner.pid)
             else:  # ours, but for a spawner a pool may have started
                 kids = child_pids() - {sp.pid for sp in aiospaces._spawner._ALL}
             self.peak = max(self.peak, len(kids))
@@ -536,12 +528,12 @@ async def test_cancelling_a_map_consumer_kills_its_spawner_children() -> None:
                 pass
 
         task = asyncio.ensure_future(consume())
-        while len(_children_of(sp.pid)) < 3:  # noqa: ASYNC110
+        while len(children_of(sp.pid)) < 3:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert all(proc_state(p) in (None, "Z") for p in _children_of(sp.pid))
+        assert all(proc_state(p) in (None, "Z") for p in children_of(sp.pid))
         assert await pool.run(square, 3) == 9
 
 
