@@ -91,8 +91,9 @@ class Server:
         self.sock = socket.socket(fileno=fd)
         self.children = 0
         self.base_env: dict[str, str] = dict(os.environ)
-        # The spawner's signal state never changes: both plans, made once.
-        self.sigplans = {p: _child.signal_plan(p) for p in (False, True)}
+        # What a child must undo of our signal state, for a PID-1 child or
+        # not: made once the loop's signal state is final (see serve()).
+        self.sigplans: dict[bool, _child.SignalPlan] = {}
         self.wake_r = self.wake_w = -1
         # A child that finds this readable right after setting PDEATHSIG
         # knows the spawner died before that (so no signal will come).
@@ -100,9 +101,9 @@ class Server:
 
     def serve(self) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
-        self.sigplans = {p: _child.signal_plan(p) for p in (False, True)}
         # AIOSPACES_SPAWNER_LOOP=python: the fallback loop (its tests use it).
         if _cfork is not None and os.environ.get("AIOSPACES_SPAWNER_LOOP") != "python":
+            self.sigplans = {p: _child.signal_plan(p) for p in (False, True)}
             self._serve_c()
         else:
             self._serve_py()
