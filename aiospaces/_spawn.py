@@ -431,7 +431,8 @@ def _via_spawner(
             )
         else:
             try:
-                work = pickle.dumps((fn, args, dict(kwargs)), pickle.HIGHEST_PROTOCOL)
+                # fn travels once, as fnref (the spawner imports its module).
+                work = pickle.dumps((args, dict(kwargs)), pickle.HIGHEST_PROTOCOL)
                 steps = pickle.dumps(plan.steps, pickle.HIGHEST_PROTOCOL) if plan.steps else b""
             except Exception as exc:
                 why = (

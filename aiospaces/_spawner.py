@@ -351,7 +351,7 @@ class Spawner:
         # whole parent side).
         env = None if _environ_raw() == self._env else dict(os.environ)
         payload = pickle.dumps(
-            (fields, work, fmt, wait_running, env, _cwd()),
+            (fields, fnref, work, fmt, wait_running, env, _cwd()),
             pickle.HIGHEST_PROTOCOL,
         )
         pdeathsig = signal.SIGKILL if fields[0] else 0  # die_with_parent

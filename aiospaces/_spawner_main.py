@@ -15,8 +15,8 @@ reaches this socket: children close it first)::
       'I' pickle(fn)                            import fn's module here
       'C' u64 flags, u8 has_cgroup, u8 pdeathsig, payload
                                                 + fds [channel end, (cgroup dir)]
-          payload = pickle((plan_fields, work, fmt, wait_running, env, cwd)),
-          unpickled by the child only
+          payload = pickle((plan_fields, pickle(fn), pickle((args, kwargs)),
+                            fmt, wait_running, env, cwd)), unpickled by the child only
     spawner → supervisor
       'R' i32 pid                               ready
       'K' i32 pid  + fd [pidfd]                 cloned      (replies to 'C',
@@ -220,7 +220,7 @@ class Server:
             for fd in (self.sock.fileno(), self.wake_r, self.wake_w, *fds[1:]):
                 if fd >= 0:
                     os.close(fd)
-            fields, work, fmt, wait_running, env, cwd = pickle.loads(payload)
+            fields, fnref, work, fmt, wait_running, env, cwd = pickle.loads(payload)
             die_with_parent, close_fds, pid1_handlers, new_session, steps = fields
             plan = _child.ChildPlan(
                 die_with_parent=die_with_parent,
@@ -235,7 +235,7 @@ class Server:
                 os.environ.update(env)
             if cwd is not None:
                 os.chdir(cwd)
-            body = _remote_body(work, wait_running, fmt)
+            body = _remote_body(fnref, work, wait_running, fmt)
         except BaseException:
             _child.escape_guard(csock)
         try:
@@ -246,10 +246,11 @@ class Server:
             os._exit(_child.EXIT_SETUP_FAILED)
 
 
-def _remote_body(work: bytes, wait_running: bool, fmt: str) -> Any:
+def _remote_body(fnref: bytes, work: bytes, wait_running: bool, fmt: str) -> Any:
     def body(sock: int) -> int:
         try:
-            fn, args, kwargs = pickle.loads(work)
+            fn = pickle.loads(fnref)
+            args, kwargs = pickle.loads(work)
         except BaseException as exc:  # reported as fn's own exception
             err = exc
 

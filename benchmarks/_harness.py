@@ -13,9 +13,11 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 Op = Callable[[], Awaitable[None]]
 
@@ -146,3 +148,12 @@ class LagMeter:
             "lag_max_ms": max(s) * 1e3,
             "beats": float(len(self.overshoots)),
         }
+
+
+def run_on(loop: str, coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on a fresh ``"asyncio"`` or ``"uvloop"`` loop."""
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)

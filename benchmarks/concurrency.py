@@ -18,7 +18,7 @@ from typing import Any
 import aiospaces
 from aiospaces import CLONE_NEWPID, CLONE_NEWUSER
 
-from ._harness import LagMeter, Row, run_fresh
+from ._harness import LagMeter, Row, run_fresh, run_on
 
 HOLD = 600.0  # children sleep until killed
 
@@ -89,12 +89,7 @@ def main() -> None:
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument("--via", choices=["fork", "spawner"], default="fork")
     a = ap.parse_args()
-    if a.loop == "uvloop":
-        import uvloop
-
-        result = uvloop.run(measure(a.n, a.via))
-    else:
-        result = asyncio.run(measure(a.n, a.via))
+    result = run_on(a.loop, measure(a.n, a.via))
     result["loop"] = a.loop
     result["via"] = a.via
     print(json.dumps(result))

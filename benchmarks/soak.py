@@ -29,6 +29,8 @@ from aiospaces import (
     CLONE_NEWUTS,
 )
 
+from ._harness import run_on
+
 FLAG_SETS = (
     0,
     CLONE_NEWUSER,
@@ -147,12 +149,7 @@ def main() -> int:
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    if a.loop == "uvloop":
-        import uvloop
-
-        result = uvloop.run(soak(a.cycles, a.seed))
-    else:
-        result = asyncio.run(soak(a.cycles, a.seed))
+    result = run_on(a.loop, soak(a.cycles, a.seed))
     result["loop"] = a.loop
     print(json.dumps(result))
     return 0 if result["ok"] else 1

@@ -359,13 +359,18 @@ async def test_1000_children_alive_at_once() -> None:
 
 
 @pytest.mark.userns
-@pytest.mark.parametrize("flags", [0, USER_PID])
-async def test_children_die_with_a_sigkilled_parent(flags: int) -> None:
+@pytest.mark.parametrize(
+    ("flags", "via", "grace"),
+    # Through the spawner the death takes two PDEATHSIG hops (us, then it).
+    [(0, "fork", 1.0), (USER_PID, "fork", 1.0), (USER_PID, "spawner", 2.0)],
+)
+async def test_children_die_with_a_sigkilled_parent(flags: int, via: str, grace: float) -> None:
     code = f"""
         import asyncio, os, sys, time
         import aiospaces
         async def main():
-            kids = [await aiospaces.spawn(time.sleep, {flags}, args=(60,), map_zero={bool(flags)})
+            kids = [await aiospaces.spawn(time.sleep, {flags}, args=(60,), map_zero={bool(flags)},
+                                          via={via!r})
                     for _ in range(5)]
             print(" ".join(str(k.pid) for k in kids), flush=True)
             await asyncio.sleep(60)
@@ -381,7 +386,7 @@ async def test_children_die_with_a_sigkilled_parent(flags: int) -> None:
     proc.stdout.close()
     assert proc.stderr is not None
     proc.stderr.close()
-    deadline = time.monotonic() + 1.0
+    deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         if all(proc_state(p) in (None, "Z") for p in pids):
             break

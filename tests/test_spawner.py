@@ -315,37 +315,6 @@ def _ppid(pid: int) -> int:
         return 0
 
 
-@pytest.mark.userns
-async def test_children_die_with_a_sigkilled_supervisor() -> None:
-    code = f"""
-        import asyncio, os, sys, time
-        sys.path.insert(0, {os.path.dirname(__file__)!r})
-        import aiospaces
-        from test_spawner import sleep_then
-        async def main():
-            kids = [await aiospaces.spawn(sleep_then, {USER_PID}, args=(60,), map_zero=True,
-                                          via="spawner") for _ in range(5)]
-            print(" ".join(str(k.pid) for k in kids), flush=True)
-            await asyncio.sleep(60)
-        asyncio.run(main())
-    """
-    proc = run_python(code)
-    assert proc.stdout is not None and proc.stderr is not None
-    line = await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)
-    pids = [int(p) for p in line.split()]
-    assert len(pids) == 5, proc.stderr.read()
-    proc.kill()
-    proc.wait()
-    proc.stdout.close()
-    proc.stderr.close()
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:
-        if all(proc_state(p) in (None, "Z") for p in pids):
-            break
-        await asyncio.sleep(0.01)
-    assert [p for p in pids if proc_state(p) not in (None, "Z")] == []
-
-
 def test_closed_loop_spawners_are_stopped_at_exit() -> None:
     proc = run_python(
         """
